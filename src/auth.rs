@@ -1,0 +1,416 @@
+//! OpenStack authentication: Keystone v3 tokens and the image endpoint from the service catalog.
+//!
+//! A [`CloudSession`] owns one cloud's HTTP client (TLS settings included) and its current token. It
+//! renews the token before it expires and on demand after a 401, so a run of many hours keeps
+//! working. Token values never leave this module except as the `X-Auth-Token` header value.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::{Value, json};
+use tokio::sync::Mutex;
+
+use crate::config::{
+    AppCredentialRef, AuthConfig, CloudConfig, DomainRef, ProjectRef, TransferSettings, UserRef,
+};
+
+/// keystoneauth renews a token that has less than this left; so do we.
+const MIN_TOKEN_LIFE: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error(
+        "cloud '{cloud}': Keystone at {url} refused the credentials (HTTP {status}): {message}. \
+         Check the user, project and secret configured for this cloud"
+    )]
+    Rejected {
+        cloud: String,
+        url: String,
+        status: u16,
+        message: String,
+    },
+    #[error("cloud '{cloud}': cannot reach Keystone at {url}: {message}")]
+    Unreachable {
+        cloud: String,
+        url: String,
+        message: String,
+    },
+    #[error("cloud '{cloud}': Keystone at {url} answered something unexpected: {message}")]
+    Protocol {
+        cloud: String,
+        url: String,
+        message: String,
+    },
+    #[error(
+        "cloud '{cloud}': the service catalog has no image endpoint for interface '{interface}'{region}; \
+         it lists: {available}. Set region_name/interface, or image_endpoint_override"
+    )]
+    NoEndpoint {
+        cloud: String,
+        interface: String,
+        region: String,
+        available: String,
+    },
+    #[error("cloud '{cloud}': TLS setup failed: {message}")]
+    Tls { cloud: String, message: String },
+}
+
+/// What a request to Glance needs: where to send it and which token to present.
+#[derive(Clone)]
+pub struct Access {
+    /// Glance's service root, without a trailing `/` or `/v2`.
+    pub endpoint: String,
+    token: Option<SecretString>,
+}
+
+impl Access {
+    /// The `X-Auth-Token` value, if this cloud uses one.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_ref().map(|t| t.expose_secret())
+    }
+}
+
+struct Cached {
+    access: Access,
+    expires_at: Option<Timestamp>,
+}
+
+pub struct CloudSession {
+    pub name: String,
+    config: CloudConfig,
+    http: reqwest::Client,
+    api_timeout: Duration,
+    cached: Mutex<Option<Cached>>,
+}
+
+impl CloudSession {
+    pub fn new(
+        config: CloudConfig,
+        transfer: &TransferSettings,
+    ) -> Result<CloudSession, AuthError> {
+        let tls_err = |message: String| AuthError::Tls {
+            cloud: config.name.clone(),
+            message,
+        };
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_secs(50))
+            .tcp_keepalive(Duration::from_secs(30))
+            .user_agent(concat!("glance-sync/", env!("CARGO_PKG_VERSION")));
+        if let Some(path) = &config.cacert {
+            let pem = std::fs::read(path)
+                .map_err(|e| tls_err(format!("cannot read cacert {}: {e}", path.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                tls_err(format!(
+                    "cacert {} is not a PEM bundle: {e}",
+                    path.display()
+                ))
+            })?;
+            builder = builder.tls_certs_only(certs);
+        }
+        if !config.verify {
+            builder = builder.tls_danger_accept_invalid_certs(true);
+        }
+        let http = builder.build().map_err(|e| tls_err(e.to_string()))?;
+        Ok(CloudSession {
+            name: config.name.clone(),
+            config,
+            http,
+            api_timeout: transfer.api_timeout,
+            cached: Mutex::new(None),
+        })
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub fn api_timeout(&self) -> Duration {
+        self.api_timeout
+    }
+
+    /// A token with comfortable life left, and the image endpoint; authenticates when needed.
+    pub async fn access(&self) -> Result<Access, AuthError> {
+        let mut cached = self.cached.lock().await;
+        if let Some(c) = cached.as_ref() {
+            let fresh = c.expires_at.is_none_or(|exp| {
+                exp.duration_since(Timestamp::now())
+                    .try_into()
+                    .is_ok_and(|left: Duration| left > MIN_TOKEN_LIFE)
+            });
+            if fresh {
+                return Ok(c.access.clone());
+            }
+            tracing::debug!(cloud = %self.name, "token close to expiry, renewing");
+        }
+        let fresh = self.authenticate().await?;
+        let access = fresh.access.clone();
+        *cached = Some(fresh);
+        Ok(access)
+    }
+
+    /// Forgets the current token after the cloud answered 401 to it, so the next
+    /// [`access`](Self::access) authenticates again.
+    pub async fn invalidate(&self, rejected: &Access) {
+        let mut cached = self.cached.lock().await;
+        if cached
+            .as_ref()
+            .is_some_and(|c| c.access.token() == rejected.token())
+        {
+            *cached = None;
+        }
+    }
+
+    async fn authenticate(&self) -> Result<Cached, AuthError> {
+        let (auth_url, body) = match &self.config.auth {
+            AuthConfig::None => {
+                return Ok(Cached {
+                    access: Access {
+                        endpoint: self.override_endpoint(),
+                        token: None,
+                    },
+                    expires_at: None,
+                });
+            }
+            AuthConfig::Token {
+                auth_url: None,
+                token,
+                ..
+            } => {
+                return Ok(Cached {
+                    access: Access {
+                        endpoint: self.override_endpoint(),
+                        token: Some(token.clone()),
+                    },
+                    expires_at: None,
+                });
+            }
+            AuthConfig::Token {
+                auth_url: Some(url),
+                token,
+                project,
+            } => {
+                let mut body = json!({"auth": {"identity": {"methods": ["token"],
+                    "token": {"id": token.expose_secret()}}}});
+                if let Some(p) = project {
+                    body["auth"]["scope"] = json!({"project": project_json(p)});
+                }
+                (url, body)
+            }
+            AuthConfig::Password {
+                auth_url,
+                user,
+                password,
+                project,
+            } => {
+                let mut user = user_json(user);
+                user["password"] = Value::from(password.expose_secret());
+                (
+                    auth_url,
+                    json!({"auth": {
+                        "identity": {"methods": ["password"], "password": {"user": user}},
+                        "scope": {"project": project_json(project)}}}),
+                )
+            }
+            AuthConfig::ApplicationCredential {
+                auth_url,
+                credential,
+                secret,
+            } => {
+                // No scope: an application credential's token is scoped to its own project, and
+                // Keystone answers 401 if one is asked for.
+                let mut cred = match credential {
+                    AppCredentialRef::Id(id) => json!({"id": id}),
+                    AppCredentialRef::Name { name, user } => {
+                        json!({"name": name, "user": user_json(user)})
+                    }
+                };
+                cred["secret"] = Value::from(secret.expose_secret());
+                (
+                    auth_url,
+                    json!({"auth": {"identity": {"methods": ["application_credential"],
+                        "application_credential": cred}}}),
+                )
+            }
+        };
+        let url = format!("{}/auth/tokens", keystone_v3(auth_url));
+        let unreachable = |message: String| AuthError::Unreachable {
+            cloud: self.name.clone(),
+            url: url.clone(),
+            message,
+        };
+        let protocol = |message: String| AuthError::Protocol {
+            cloud: self.name.clone(),
+            url: url.clone(),
+            message,
+        };
+        let resp = self
+            .http
+            .post(&url)
+            .timeout(self.api_timeout)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| unreachable(error_chain(&e)))?;
+        let status = resp.status();
+        if !status.is_success() {
+            let text = resp.text().await.unwrap_or_default();
+            return Err(AuthError::Rejected {
+                cloud: self.name.clone(),
+                url: url.clone(),
+                status: status.as_u16(),
+                message: keystone_message(&text),
+            });
+        }
+        let token = resp
+            .headers()
+            .get("x-subject-token")
+            .and_then(|v| v.to_str().ok())
+            .map(|s| SecretString::from(s.to_string()))
+            .ok_or_else(|| protocol("no X-Subject-Token header in the answer".into()))?;
+        let body: Value = resp
+            .json()
+            .await
+            .map_err(|e| protocol(format!("body is not JSON: {e}")))?;
+        let expires_at = body["token"]["expires_at"]
+            .as_str()
+            .and_then(|s| s.parse::<Timestamp>().ok());
+        let endpoint = match &self.config.image_endpoint_override {
+            Some(_) => self.override_endpoint(),
+            None => self.endpoint_from_catalog(&body["token"]["catalog"])?,
+        };
+        tracing::debug!(cloud = %self.name, %endpoint, expires_at = ?expires_at, "authenticated");
+        Ok(Cached {
+            access: Access {
+                endpoint,
+                token: Some(token),
+            },
+            expires_at,
+        })
+    }
+
+    fn override_endpoint(&self) -> String {
+        normalise_endpoint(self.config.image_endpoint_override.as_deref().unwrap_or(""))
+    }
+
+    fn endpoint_from_catalog(&self, catalog: &Value) -> Result<String, AuthError> {
+        let endpoints = catalog
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|svc| svc["type"] == "image")
+            .flat_map(|svc| svc["endpoints"].as_array().into_iter().flatten());
+        let mut available = Vec::new();
+        for ep in endpoints {
+            let interface = ep["interface"].as_str().unwrap_or("");
+            let region = ep["region_id"]
+                .as_str()
+                .or(ep["region"].as_str())
+                .unwrap_or("");
+            available.push(format!("{interface}@{region}"));
+            let region_ok = self
+                .config
+                .region_name
+                .as_deref()
+                .is_none_or(|r| r == region);
+            if interface == self.config.interface
+                && region_ok
+                && let Some(url) = ep["url"].as_str()
+            {
+                return Ok(normalise_endpoint(url));
+            }
+        }
+        Err(AuthError::NoEndpoint {
+            cloud: self.name.clone(),
+            interface: self.config.interface.clone(),
+            region: self
+                .config
+                .region_name
+                .as_ref()
+                .map(|r| format!(" in region '{r}'"))
+                .unwrap_or_default(),
+            available: if available.is_empty() {
+                "no image service at all".into()
+            } else {
+                available.join(", ")
+            },
+        })
+    }
+}
+
+/// `auth_url` as found in clouds.yaml may or may not end in `/v3`.
+fn keystone_v3(auth_url: &str) -> String {
+    let base = auth_url.trim_end_matches('/');
+    if base.ends_with("/v3") {
+        base.to_string()
+    } else {
+        format!("{base}/v3")
+    }
+}
+
+/// Catalogs may register Glance with or without `/v2`; we always append `/v2/...` ourselves.
+fn normalise_endpoint(url: &str) -> String {
+    let url = url.trim_end_matches('/');
+    url.strip_suffix("/v2").unwrap_or(url).to_string()
+}
+
+fn domain_json(d: &DomainRef) -> Value {
+    match d {
+        DomainRef::Id(id) => json!({"id": id}),
+        DomainRef::Name(n) => json!({"name": n}),
+    }
+}
+
+fn user_json(u: &UserRef) -> Value {
+    match u {
+        UserRef::Id(id) => json!({"id": id}),
+        UserRef::Name { name, domain } => json!({"name": name, "domain": domain_json(domain)}),
+    }
+}
+
+fn project_json(p: &ProjectRef) -> Value {
+    match p {
+        ProjectRef::Id(id) => json!({"id": id}),
+        ProjectRef::Name { name, domain } => json!({"name": name, "domain": domain_json(domain)}),
+    }
+}
+
+/// Keystone's `{"error": {"message": ...}}`, or the start of whatever else it sent.
+fn keystone_message(body: &str) -> String {
+    serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| body.chars().take(200).collect())
+}
+
+/// A reqwest error with its causes, which carry the useful part ("connection refused").
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let part = c.to_string();
+        if !s.contains(&part) {
+            s.push_str(": ");
+            s.push_str(&part);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_is_normalised_to_the_service_root() {
+        assert_eq!(normalise_endpoint("http://g:9292/v2/"), "http://g:9292");
+        assert_eq!(
+            normalise_endpoint("https://cloud/image/"),
+            "https://cloud/image"
+        );
+        assert_eq!(keystone_v3("http://ks:5000"), "http://ks:5000/v3");
+        assert_eq!(keystone_v3("http://ks:5000/v3/"), "http://ks:5000/v3");
+    }
+}

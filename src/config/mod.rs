@@ -1,0 +1,774 @@
+//! The policy file: which clouds exist, how to authenticate to each, and which jobs copy what where.
+//!
+//! Loading turns the TOML (plus clouds.yaml, secure.yaml and `OS_*` variables for clouds that refer to
+//! them) into validated, resolved types. Nothing here talks to a network; nothing outside this module
+//! parses configuration.
+
+mod clouds_yaml;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use crate::image::Image;
+
+/// Where the config is read from when neither `--config` nor `$GLANCE_SYNC_CONFIG` says.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/glance-sync/config.toml";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error("cloud '{cloud}' in {path}: {message}")]
+    Cloud {
+        path: PathBuf,
+        cloud: String,
+        message: String,
+    },
+}
+
+/// The validated policy.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub state_path: PathBuf,
+    pub transfer: TransferSettings,
+    pub clouds: BTreeMap<String, CloudConfig>,
+    pub jobs: Vec<Job>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TransferSettings {
+    /// Images in flight at once, each streamed to all its targets.
+    pub max_parallel_images: usize,
+    /// A download or upload that moves no byte for this long fails.
+    pub stall_timeout: std::time::Duration,
+    /// Whole-request timeout for API calls that carry no image data.
+    pub api_timeout: std::time::Duration,
+}
+
+/// One cloud, resolved: its credentials and how to find its image endpoint.
+#[derive(Debug, Clone)]
+pub struct CloudConfig {
+    pub name: String,
+    pub auth: AuthConfig,
+    pub region_name: Option<String>,
+    pub interface: String,
+    pub cacert: Option<PathBuf>,
+    pub verify: bool,
+    pub image_endpoint_override: Option<String>,
+}
+
+/// How a cloud authenticates. Secrets are `SecretString`s: they print as `[REDACTED]`.
+#[derive(Debug, Clone)]
+pub enum AuthConfig {
+    Password {
+        auth_url: String,
+        user: UserRef,
+        password: SecretString,
+        project: ProjectRef,
+    },
+    ApplicationCredential {
+        auth_url: String,
+        credential: AppCredentialRef,
+        secret: SecretString,
+    },
+    /// An existing token; re-scoped through Keystone when `auth_url` is known.
+    Token {
+        auth_url: Option<String>,
+        token: SecretString,
+        project: Option<ProjectRef>,
+    },
+    /// No Keystone: requires `image_endpoint_override`.
+    None,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum UserRef {
+    Id(String),
+    Name { name: String, domain: DomainRef },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProjectRef {
+    Id(String),
+    Name { name: String, domain: DomainRef },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum DomainRef {
+    Id(String),
+    Name(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AppCredentialRef {
+    Id(String),
+    Name { name: String, user: UserRef },
+}
+
+/// A replication job: images of `source` selected by `filter`, kept on every target.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub name: String,
+    pub source: String,
+    pub targets: Vec<String>,
+    pub filter: Filter,
+}
+
+/// Which source images a job selects.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    include: Option<GlobSet>,
+    exclude: GlobSet,
+    tags: Vec<String>,
+    visibility: Vec<String>,
+}
+
+impl Filter {
+    pub fn everything() -> Filter {
+        Filter {
+            include: None,
+            exclude: GlobSet::empty(),
+            tags: vec![],
+            visibility: vec![],
+        }
+    }
+
+    pub fn selects(&self, image: &Image) -> bool {
+        let name = image.name.as_deref().unwrap_or("");
+        self.include.as_ref().is_none_or(|g| g.is_match(name))
+            && !self.exclude.is_match(name)
+            && self.tags.iter().all(|t| image.tags.contains(t))
+            && (self.visibility.is_empty() || self.visibility.contains(&image.visibility))
+    }
+}
+
+// ---- the file as written --------------------------------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    state: StateSection,
+    #[serde(default)]
+    transfer: TransferSection,
+    #[serde(default)]
+    clouds: BTreeMap<String, CloudEntry>,
+    #[serde(default)]
+    jobs: Vec<JobEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateSection {
+    path: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferSection {
+    max_parallel_images: Option<usize>,
+    stall_timeout: Option<jiff::SignedDuration>,
+    api_timeout: Option<jiff::SignedDuration>,
+}
+
+/// The keys of a clouds.yaml cloud entry that glance-sync understands, plus `cloud` to refer to one.
+/// Also the shape a clouds.yaml entry is read into (after dropping keys we do not use).
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CloudEntry {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cloud: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    region_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    interface: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cacert: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    verify: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image_endpoint_override: Option<String>,
+    #[serde(default, skip_serializing_if = "AuthEntry::is_empty")]
+    auth: AuthEntry,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuthEntry {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    username: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    password: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    project_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    project_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_domain_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user_domain_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    project_domain_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    project_domain_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    domain_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    domain_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    application_credential_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    application_credential_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    application_credential_secret: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+}
+
+impl AuthEntry {
+    fn is_empty(&self) -> bool {
+        *self == AuthEntry::default()
+    }
+}
+
+/// Keys of [`CloudEntry`] (without `cloud` and `auth`) and of [`AuthEntry`], used to keep only
+/// what we understand from a clouds.yaml entry, which may carry many more.
+pub(crate) const CLOUD_KEYS: &[&str] = &[
+    "auth_type",
+    "region_name",
+    "interface",
+    "cacert",
+    "verify",
+    "image_endpoint_override",
+];
+pub(crate) const AUTH_KEYS: &[&str] = &[
+    "auth_url",
+    "username",
+    "user_id",
+    "password",
+    "project_name",
+    "project_id",
+    "user_domain_name",
+    "user_domain_id",
+    "project_domain_name",
+    "project_domain_id",
+    "domain_name",
+    "domain_id",
+    "application_credential_id",
+    "application_credential_name",
+    "application_credential_secret",
+    "token",
+];
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobEntry {
+    name: String,
+    source: String,
+    targets: Vec<String>,
+    #[serde(default)]
+    filter: FilterEntry,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilterEntry {
+    #[serde(default)]
+    include: Vec<String>,
+    #[serde(default)]
+    exclude: Vec<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    visibility: Vec<String>,
+}
+
+const VISIBILITIES: &[&str] = &["public", "community", "shared", "private"];
+
+// ---- loading --------------------------------------------------------------------------------
+
+impl Config {
+    /// Reads, resolves and validates the config at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(path, &text, &clouds_yaml::Environment::from_process())
+    }
+
+    fn parse(
+        path: &Path,
+        text: &str,
+        env: &clouds_yaml::Environment,
+    ) -> Result<Config, ConfigError> {
+        let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+
+        let mut clouds = BTreeMap::new();
+        for (name, entry) in &file.clouds {
+            let cloud = resolve_cloud(name, entry, env).map_err(|message| ConfigError::Cloud {
+                path: path.to_path_buf(),
+                cloud: name.clone(),
+                message,
+            })?;
+            clouds.insert(name.clone(), cloud);
+        }
+
+        if file.jobs.is_empty() {
+            return Err(invalid(
+                "no [[jobs]] defined: add at least one job with name, source and targets".into(),
+            ));
+        }
+        let mut names = BTreeSet::new();
+        let mut jobs = Vec::new();
+        for job in &file.jobs {
+            jobs.push(validate_job(job, &clouds, &mut names).map_err(&invalid)?);
+        }
+
+        let transfer = TransferSettings {
+            max_parallel_images: file.transfer.max_parallel_images.unwrap_or(2),
+            stall_timeout: positive_duration(file.transfer.stall_timeout, 60, "stall_timeout")
+                .map_err(&invalid)?,
+            api_timeout: positive_duration(file.transfer.api_timeout, 300, "api_timeout")
+                .map_err(&invalid)?,
+        };
+        if transfer.max_parallel_images == 0 {
+            return Err(invalid(
+                "[transfer] max_parallel_images must be at least 1".into(),
+            ));
+        }
+
+        Ok(Config {
+            path: path.to_path_buf(),
+            state_path: file.state.path,
+            transfer,
+            clouds,
+            jobs,
+        })
+    }
+
+    /// The jobs named in `wanted`, or all of them when it is empty.
+    pub fn select_jobs(&self, wanted: &[String]) -> Result<Vec<Job>, ConfigError> {
+        if wanted.is_empty() {
+            return Ok(self.jobs.clone());
+        }
+        wanted
+            .iter()
+            .map(|name| {
+                self.jobs
+                    .iter()
+                    .find(|j| &j.name == name)
+                    .cloned()
+                    .ok_or_else(|| ConfigError::Invalid {
+                        path: self.path.clone(),
+                        message: format!(
+                            "no job named '{name}' (jobs: {})",
+                            self.jobs
+                                .iter()
+                                .map(|j| j.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    })
+            })
+            .collect()
+    }
+}
+
+fn positive_duration(
+    value: Option<jiff::SignedDuration>,
+    default_secs: u64,
+    key: &str,
+) -> Result<std::time::Duration, String> {
+    match value {
+        None => Ok(std::time::Duration::from_secs(default_secs)),
+        Some(d) => std::time::Duration::try_from(d)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| format!("[transfer] {key} must be a positive duration such as \"60s\"")),
+    }
+}
+
+fn validate_job(
+    job: &JobEntry,
+    clouds: &BTreeMap<String, CloudConfig>,
+    names: &mut BTreeSet<String>,
+) -> Result<Job, String> {
+    let at = format!("job '{}'", job.name);
+    if job.name.is_empty() {
+        return Err("a job has an empty name".into());
+    }
+    if !names.insert(job.name.clone()) {
+        return Err(format!("{at} is defined twice"));
+    }
+    let known = || clouds.keys().cloned().collect::<Vec<_>>().join(", ");
+    if !clouds.contains_key(&job.source) {
+        return Err(format!(
+            "{at}: source '{}' is not a cloud defined under [clouds] (defined: {})",
+            job.source,
+            known()
+        ));
+    }
+    if job.targets.is_empty() {
+        return Err(format!("{at}: targets is empty; name at least one cloud"));
+    }
+    let mut seen = BTreeSet::new();
+    for t in &job.targets {
+        if !clouds.contains_key(t) {
+            return Err(format!(
+                "{at}: target '{t}' is not a cloud defined under [clouds] (defined: {})",
+                known()
+            ));
+        }
+        if t == &job.source {
+            return Err(format!(
+                "{at}: cloud '{t}' is both source and target; an image cannot be copied onto itself"
+            ));
+        }
+        if !seen.insert(t) {
+            return Err(format!("{at}: target '{t}' is listed twice"));
+        }
+    }
+    for v in &job.filter.visibility {
+        if !VISIBILITIES.contains(&v.as_str()) {
+            return Err(format!(
+                "{at}: filter.visibility '{v}' is not one of {}",
+                VISIBILITIES.join(", ")
+            ));
+        }
+    }
+    let globs = |patterns: &[String], key: &str| -> Result<GlobSet, String> {
+        let mut b = GlobSetBuilder::new();
+        for p in patterns {
+            b.add(Glob::new(p).map_err(|e| format!("{at}: filter.{key} '{p}': {e}"))?);
+        }
+        b.build().map_err(|e| format!("{at}: filter.{key}: {e}"))
+    };
+    Ok(Job {
+        name: job.name.clone(),
+        source: job.source.clone(),
+        targets: job.targets.clone(),
+        filter: Filter {
+            include: if job.filter.include.is_empty() {
+                None
+            } else {
+                Some(globs(&job.filter.include, "include")?)
+            },
+            exclude: globs(&job.filter.exclude, "exclude")?,
+            tags: job.filter.tags.clone(),
+            visibility: job.filter.visibility.clone(),
+        },
+    })
+}
+
+/// Merges the TOML entry over the clouds.yaml entry it refers to, then turns the result into a
+/// [`CloudConfig`]. Errors are plain messages; the caller adds the file and cloud name.
+fn resolve_cloud(
+    name: &str,
+    entry: &CloudEntry,
+    env: &clouds_yaml::Environment,
+) -> Result<CloudConfig, String> {
+    let merged = match &entry.cloud {
+        Some(reference) => clouds_yaml::merge_over(reference, entry, env)?,
+        None => entry.clone(),
+    };
+    let auth_type = merged
+        .auth_type
+        .clone()
+        .unwrap_or_else(|| "password".into());
+    let a = &merged.auth;
+    let need = |v: &Option<String>, key: &str| {
+        v.clone()
+            .ok_or_else(|| format!("auth_type '{auth_type}' needs auth.{key}"))
+    };
+    let domain = |id: &Option<String>, name: &Option<String>| -> DomainRef {
+        match (id, name, &a.domain_id, &a.domain_name) {
+            (Some(id), _, _, _) => DomainRef::Id(id.clone()),
+            (None, Some(n), _, _) => DomainRef::Name(n.clone()),
+            (None, None, Some(id), _) => DomainRef::Id(id.clone()),
+            (None, None, None, Some(n)) => DomainRef::Name(n.clone()),
+            // Keystone's default domain, as openstacksdk assumes.
+            _ => DomainRef::Id("default".into()),
+        }
+    };
+    let user = || -> Result<UserRef, String> {
+        match (&a.user_id, &a.username) {
+            (Some(id), _) => Ok(UserRef::Id(id.clone())),
+            (None, Some(n)) => Ok(UserRef::Name {
+                name: n.clone(),
+                domain: domain(&a.user_domain_id, &a.user_domain_name),
+            }),
+            _ => Err(format!(
+                "auth_type '{auth_type}' needs auth.username or auth.user_id"
+            )),
+        }
+    };
+    let project = || -> Option<ProjectRef> {
+        match (&a.project_id, &a.project_name) {
+            (Some(id), _) => Some(ProjectRef::Id(id.clone())),
+            (None, Some(n)) => Some(ProjectRef::Name {
+                name: n.clone(),
+                domain: domain(&a.project_domain_id, &a.project_domain_name),
+            }),
+            _ => None,
+        }
+    };
+    let auth = match auth_type.as_str() {
+        "password" | "v3password" => AuthConfig::Password {
+            auth_url: need(&a.auth_url, "auth_url")?,
+            user: user()?,
+            password: need(&a.password, "password")?.into(),
+            project: project().ok_or_else(|| {
+                "password auth needs auth.project_name or auth.project_id: Glance needs a \
+                 project-scoped token"
+                    .to_string()
+            })?,
+        },
+        "v3applicationcredential" | "applicationcredential" => {
+            let credential = match (&a.application_credential_id, &a.application_credential_name) {
+                (Some(id), _) => AppCredentialRef::Id(id.clone()),
+                (None, Some(n)) => AppCredentialRef::Name {
+                    name: n.clone(),
+                    user: user()?,
+                },
+                _ => {
+                    return Err("application credential auth needs \
+                         auth.application_credential_id or auth.application_credential_name"
+                        .into());
+                }
+            };
+            AuthConfig::ApplicationCredential {
+                auth_url: need(&a.auth_url, "auth_url")?,
+                credential,
+                secret: need(
+                    &a.application_credential_secret,
+                    "application_credential_secret",
+                )?
+                .into(),
+            }
+        }
+        "token" | "v3token" => AuthConfig::Token {
+            auth_url: a.auth_url.clone(),
+            token: need(&a.token, "token")?.into(),
+            project: project(),
+        },
+        "none" | "noauth" => AuthConfig::None,
+        other => {
+            return Err(format!(
+                "auth_type '{other}' is not supported (password, v3applicationcredential, token, none)"
+            ));
+        }
+    };
+    let no_keystone = matches!(
+        auth,
+        AuthConfig::None | AuthConfig::Token { auth_url: None, .. }
+    );
+    if no_keystone && merged.image_endpoint_override.is_none() {
+        return Err(format!(
+            "auth_type '{auth_type}' without auth.auth_url has no service catalog: \
+             set image_endpoint_override to the Glance URL"
+        ));
+    }
+    let interface = merged
+        .interface
+        .clone()
+        .unwrap_or_else(|| "public".into())
+        .trim_end_matches("URL")
+        .to_string();
+    if !["public", "internal", "admin"].contains(&interface.as_str()) {
+        return Err(format!(
+            "interface '{interface}' is not one of public, internal, admin"
+        ));
+    }
+    let verify = merged.verify.unwrap_or(true);
+    if !verify {
+        tracing::warn!(
+            cloud = name,
+            "TLS certificate verification is OFF for cloud '{name}' (verify = false): \
+             anyone on the path can read its credentials and images"
+        );
+    }
+    Ok(CloudConfig {
+        name: name.to_string(),
+        auth,
+        region_name: merged.region_name.clone(),
+        interface,
+        cacert: merged.cacert.as_ref().map(PathBuf::from),
+        verify,
+        image_endpoint_override: merged.image_endpoint_override.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use secrecy::ExposeSecret;
+
+    const BASE: &str = r#"
+[state]
+path = "/tmp/state.db"
+
+[clouds.prod]
+auth_type = "password"
+region_name = "RegionOne"
+[clouds.prod.auth]
+auth_url = "https://keystone.prod.example:5000/v3"
+username = "image-sync"
+password = "s3cret"
+project_name = "images"
+user_domain_name = "Default"
+project_domain_name = "Default"
+
+[clouds.lab]
+auth_type = "none"
+image_endpoint_override = "http://127.0.0.1:9292"
+
+[[jobs]]
+name = "golden"
+source = "prod"
+targets = ["lab"]
+[jobs.filter]
+include = ["ubuntu-*", "debian-*"]
+exclude = ["*-rc*"]
+tags = ["golden"]
+visibility = ["public", "community"]
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(
+            Path::new("test.toml"),
+            text,
+            &clouds_yaml::Environment::empty(),
+        )
+    }
+
+    #[test]
+    fn example_policy_resolves_password_and_none_clouds() {
+        let cfg = parse(BASE).unwrap();
+        match &cfg.clouds["prod"].auth {
+            AuthConfig::Password {
+                user,
+                password,
+                project,
+                ..
+            } => {
+                assert_eq!(
+                    user,
+                    &UserRef::Name {
+                        name: "image-sync".into(),
+                        domain: DomainRef::Name("Default".into())
+                    }
+                );
+                assert_eq!(password.expose_secret(), "s3cret");
+                assert!(matches!(project, ProjectRef::Name { .. }));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(cfg.clouds["lab"].auth, AuthConfig::None));
+        assert_eq!(cfg.transfer.max_parallel_images, 2);
+    }
+
+    #[test]
+    fn debug_output_never_shows_the_password() {
+        let cfg = parse(BASE).unwrap();
+        assert!(!format!("{cfg:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_key_and_line() {
+        let text = BASE.replace("region_name = \"RegionOne\"", "regoin_name = \"RegionOne\"");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("regoin_name"), "{err}");
+        assert!(err.contains("line 7"), "{err}");
+    }
+
+    #[test]
+    fn job_with_unknown_target_cloud_is_rejected() {
+        let err = parse(&BASE.replace("targets = [\"lab\"]", "targets = [\"dr\"]"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("target 'dr' is not a cloud"), "{err}");
+    }
+
+    #[test]
+    fn same_cloud_as_source_and_target_is_rejected() {
+        let err = parse(&BASE.replace("targets = [\"lab\"]", "targets = [\"prod\"]"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("both source and target"), "{err}");
+    }
+
+    #[test]
+    fn empty_target_list_is_rejected() {
+        let err = parse(&BASE.replace("targets = [\"lab\"]", "targets = []"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("targets is empty"), "{err}");
+    }
+
+    #[test]
+    fn filter_selects_by_glob_tags_and_visibility() {
+        let cfg = parse(BASE).unwrap();
+        let f = &cfg.jobs[0].filter;
+        let mut img = crate::image::tests::image("1", "ubuntu-24.04", "m");
+        img.tags = vec!["golden".into()];
+        assert!(f.selects(&img));
+        img.name = Some("ubuntu-24.04-rc1".into());
+        assert!(!f.selects(&img), "excluded by *-rc*");
+        img.name = Some("centos".into());
+        assert!(!f.selects(&img), "not included");
+        img.name = Some("debian-12".into());
+        img.visibility = "private".into();
+        assert!(!f.selects(&img), "visibility");
+        img.visibility = "community".into();
+        img.tags.clear();
+        assert!(!f.selects(&img), "missing tag");
+    }
+
+    #[test]
+    fn every_cloud_and_auth_key_list_entry_is_a_field() {
+        // The key lists drive what is kept from clouds.yaml; a typo there would silently drop a key.
+        let mut cloud = serde_json::Map::new();
+        for k in CLOUD_KEYS {
+            let v = if *k == "verify" {
+                serde_json::json!(true)
+            } else {
+                serde_json::json!("x")
+            };
+            cloud.insert((*k).into(), v);
+        }
+        let auth: serde_json::Map<_, _> = AUTH_KEYS
+            .iter()
+            .map(|k| ((*k).to_string(), serde_json::json!("x")))
+            .collect();
+        cloud.insert("auth".into(), serde_json::Value::Object(auth));
+        let entry: CloudEntry = serde_json::from_value(serde_json::Value::Object(cloud)).unwrap();
+        let back = serde_json::to_value(&entry).unwrap();
+        assert_eq!(back["auth"].as_object().unwrap().len(), AUTH_KEYS.len());
+        assert_eq!(back.as_object().unwrap().len(), CLOUD_KEYS.len() + 1);
+    }
+}

@@ -1,0 +1,467 @@
+//! The engine: one job, end to end. Listing → plan → transfer → verify → record.
+//!
+//! This is the imperative shell around the pure planner: it lists both sides, asks the planner what
+//! to do, carries the actions out (copies through the transfer pipeline, patches and
+//! (de)activations through the Glance client) and records every outcome in the state database.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use futures_util::future::join_all;
+use serde::Serialize;
+
+use crate::auth::{AuthError, CloudSession};
+use crate::config::{Config, Job};
+use crate::glance::{GlanceClient, GlanceError};
+use crate::image::Image;
+use crate::plan::{self, Action, ActionKind, Ledger, Plan, PlanInput};
+use crate::progress::Progress;
+use crate::state::{Outcome, RunSummary, State, StateError};
+use crate::transfer::{self, CopyTarget};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("job '{job}': cannot list the source images, nothing was done: {source}")]
+    SourceListing { job: String, source: GlanceError },
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// A plan plus the targets that could not be listed (and so are not in it).
+#[derive(Debug, Clone, Serialize)]
+pub struct JobPlan {
+    #[serde(flatten)]
+    pub plan: Plan,
+    pub unreachable_targets: Vec<UnreachableTarget>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UnreachableTarget {
+    pub target: String,
+    pub error: String,
+}
+
+/// What a run of one job did.
+#[derive(Debug, Serialize)]
+pub struct JobReport {
+    pub job: String,
+    pub run_id: i64,
+    pub results: Vec<ActionResult>,
+    pub unreachable_targets: Vec<UnreachableTarget>,
+    pub summary: RunSummary,
+}
+
+impl JobReport {
+    pub fn failed(&self) -> bool {
+        self.summary.images_failed > 0 || !self.unreachable_targets.is_empty()
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct ActionResult {
+    #[serde(flatten)]
+    pub action: Action,
+    pub error: Option<String>,
+    pub seconds: f64,
+}
+
+pub struct Engine {
+    clients: BTreeMap<String, GlanceClient>,
+    settings: transfer::Settings,
+    max_parallel_images: usize,
+    progress: Progress,
+}
+
+impl Engine {
+    /// Sets up a session for every cloud (nothing is sent until the first call).
+    pub fn new(config: &Config, progress: Progress) -> Result<Engine, AuthError> {
+        let mut clients = BTreeMap::new();
+        for (name, cloud) in &config.clouds {
+            let session = CloudSession::new(cloud.clone(), &config.transfer)?;
+            clients.insert(name.clone(), GlanceClient::new(Arc::new(session)));
+        }
+        Ok(Engine {
+            clients,
+            settings: transfer::Settings {
+                stall_timeout: config.transfer.stall_timeout,
+            },
+            max_parallel_images: config.transfer.max_parallel_images,
+            progress,
+        })
+    }
+
+    pub fn client(&self, cloud: &str) -> &GlanceClient {
+        &self.clients[cloud]
+    }
+
+    /// Lists the job's source and targets and plans. Writes nothing anywhere.
+    pub async fn plan_job(
+        &self,
+        job: &Job,
+        ledger: &Ledger,
+    ) -> Result<(JobPlan, Vec<Image>), EngineError> {
+        let source = self.client(&job.source);
+        let (source_images, targets) = tokio::join!(
+            source.list_images(),
+            join_all(
+                job.targets
+                    .iter()
+                    .map(|t| async move { (t.clone(), self.client(t).list_images().await) })
+            )
+        );
+        let source_images = source_images.map_err(|source| EngineError::SourceListing {
+            job: job.name.clone(),
+            source,
+        })?;
+        let mut target_images = BTreeMap::new();
+        let mut unreachable_targets = Vec::new();
+        for (t, listing) in targets {
+            match listing {
+                Ok(images) => {
+                    target_images.insert(t, images);
+                }
+                Err(e) => unreachable_targets.push(UnreachableTarget {
+                    target: t,
+                    error: e.to_string(),
+                }),
+            }
+        }
+        let mut reachable = job.clone();
+        reachable.targets.retain(|t| target_images.contains_key(t));
+        let plan = plan::plan(
+            &PlanInput {
+                job: &reachable,
+                source_images: &source_images,
+                target_images: &target_images,
+                ledger,
+            },
+            &mut || uuid::Uuid::new_v4().to_string(),
+        );
+        Ok((
+            JobPlan {
+                plan,
+                unreachable_targets,
+            },
+            source_images,
+        ))
+    }
+
+    /// Runs one job and records it. Errors are only those that stop the whole job.
+    pub async fn run_job(&self, job: &Job, state: &State) -> Result<JobReport, EngineError> {
+        let run_id = state.begin_run(&job.name)?;
+        let ledger = state.ledger(&job.source)?;
+        let (job_plan, source_images) = match self.plan_job(job, &ledger).await {
+            Ok(p) => p,
+            Err(e) => {
+                state.finish_run(
+                    run_id,
+                    &RunSummary {
+                        result: "failure",
+                        images_copied: 0,
+                        bytes_copied: 0,
+                        images_failed: 0,
+                        error: Some(e.to_string()),
+                    },
+                )?;
+                return Err(e);
+            }
+        };
+        for u in &job_plan.unreachable_targets {
+            tracing::error!(job = %job.name, target = %u.target, "target skipped this run: {}", u.error);
+        }
+        let sources: HashMap<&str, &Image> =
+            source_images.iter().map(|i| (i.id.as_str(), i)).collect();
+        let exec = Execution {
+            engine: self,
+            job,
+            state,
+            sources: &sources,
+        };
+        let results = exec.execute(job_plan.plan.actions).await?;
+
+        let copied: Vec<&ActionResult> = results
+            .iter()
+            .filter(|r| r.error.is_none() && matches!(r.action.kind, ActionKind::Copy { .. }))
+            .collect();
+        let failed = results.iter().filter(|r| r.error.is_some()).count() as u64;
+        let writes_ok = results
+            .iter()
+            .any(|r| r.error.is_none() && r.action.writes());
+        let unreachable = !job_plan.unreachable_targets.is_empty();
+        let result = match (
+            failed > 0 || unreachable,
+            writes_ok || results.iter().any(|r| r.error.is_none()),
+        ) {
+            (false, _) => "success",
+            (true, true) => "partial",
+            (true, false) => "failure",
+        };
+        let summary = RunSummary {
+            result,
+            images_copied: copied.len() as u64,
+            bytes_copied: copied.iter().map(|r| r.action.size.unwrap_or(0)).sum(),
+            images_failed: failed,
+            error: unreachable.then(|| {
+                job_plan
+                    .unreachable_targets
+                    .iter()
+                    .map(|u| u.error.clone())
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            }),
+        };
+        state.finish_run(run_id, &summary)?;
+        Ok(JobReport {
+            job: job.name.clone(),
+            run_id,
+            results,
+            unreachable_targets: job_plan.unreachable_targets,
+            summary,
+        })
+    }
+}
+
+/// Carries out one plan.
+struct Execution<'a> {
+    engine: &'a Engine,
+    job: &'a Job,
+    state: &'a State,
+    sources: &'a HashMap<&'a str, &'a Image>,
+}
+
+impl Execution<'_> {
+    async fn execute(&self, actions: Vec<Action>) -> Result<Vec<ActionResult>, EngineError> {
+        let mut results = Vec::new();
+        let mut copies: Vec<Vec<Action>> = Vec::new();
+        let mut later = Vec::new();
+        for action in actions {
+            match &action.kind {
+                // Our unfinished images go first: they may hold the quota the copies need.
+                ActionKind::DeleteHalfMade { .. } => results.push(self.simple(action).await?),
+                ActionKind::Copy { .. } => match copies
+                    .iter_mut()
+                    .find(|g| g[0].source_id == action.source_id)
+                {
+                    Some(group) => group.push(action),
+                    None => copies.push(vec![action]),
+                },
+                _ => later.push(action),
+            }
+        }
+        let copied: Vec<Result<Vec<ActionResult>, EngineError>> =
+            futures_util::stream::iter(copies)
+                .map(|group| self.copy(group))
+                .buffer_unordered(self.engine.max_parallel_images)
+                .collect()
+                .await;
+        for group in copied {
+            results.extend(group?);
+        }
+        for action in later {
+            results.push(self.simple(action).await?);
+        }
+        Ok(results)
+    }
+
+    fn source(&self, id: &str) -> Option<&Image> {
+        self.sources.get(id).copied()
+    }
+
+    /// One source image to all the targets that need it, through one download.
+    async fn copy(&self, group: Vec<Action>) -> Result<Vec<ActionResult>, EngineError> {
+        let started = Instant::now();
+        let image = self
+            .source(&group[0].source_id)
+            .expect("planned from the listing");
+        let mut targets = Vec::new();
+        for action in &group {
+            let ActionKind::Copy {
+                target_id,
+                protect,
+                create_body,
+            } = &action.kind
+            else {
+                unreachable!("copy groups hold copies only")
+            };
+            self.state.record_copy_started(
+                &self.job.name,
+                &self.job.source,
+                image,
+                &action.target,
+                target_id,
+            )?;
+            targets.push(CopyTarget {
+                client: self.engine.client(&action.target).clone(),
+                target_id: target_id.clone(),
+                create_body: create_body.clone(),
+                protect: *protect,
+            });
+        }
+        let size = image.size.unwrap_or(0);
+        let label = image.name.clone().unwrap_or_else(|| image.id.clone());
+        let bar = self.engine.progress.bar(&label, size);
+        let outcomes = transfer::copy_image(
+            self.engine.client(&self.job.source),
+            image,
+            targets,
+            &self.engine.settings,
+            &bar,
+        )
+        .await;
+        drop(bar);
+        let seconds = started.elapsed().as_secs_f64();
+
+        let mut results = Vec::new();
+        for action in group {
+            let outcome = outcomes
+                .iter()
+                .find(|o| o.target == action.target)
+                .expect("one outcome per target");
+            let error = outcome.result.as_ref().err().map(|e| e.message.clone());
+            match &error {
+                None => {
+                    self.state.record_outcome(
+                        &self.job.name,
+                        &self.job.source,
+                        image,
+                        &action.target,
+                        Outcome::InSync {
+                            target_id: &outcome.target_id,
+                            foreign: false,
+                            bytes: size,
+                        },
+                    )?;
+                    tracing::info!(
+                        job = %self.job.name,
+                        image = %label,
+                        source_id = %image.id,
+                        target = %action.target,
+                        target_id = %outcome.target_id,
+                        result = "copied",
+                        size,
+                        seconds = format_args!("{seconds:.1}"),
+                        mb_per_s = format_args!("{:.1}", size as f64 / 1e6 / seconds.max(1e-9)),
+                        "copied '{label}' to {}: {:.1} MB in {seconds:.1} s ({:.1} MB/s), verified",
+                        action.target,
+                        size as f64 / 1e6,
+                        size as f64 / 1e6 / seconds.max(1e-9)
+                    );
+                }
+                Some(e) => {
+                    if outcome.cleaned_up {
+                        self.state
+                            .record_deleted(&action.target, &outcome.target_id)?;
+                    }
+                    self.state.record_outcome(
+                        &self.job.name,
+                        &self.job.source,
+                        image,
+                        &action.target,
+                        Outcome::Failed {
+                            target_id: Some(&outcome.target_id),
+                            error: e,
+                        },
+                    )?;
+                    tracing::error!(
+                        job = %self.job.name,
+                        image = %label,
+                        source_id = %image.id,
+                        target = %action.target,
+                        result = "failed",
+                        size,
+                        seconds = format_args!("{seconds:.1}"),
+                        "copy of '{label}' ({}) to {} failed: {e}",
+                        image.id,
+                        action.target
+                    );
+                }
+            }
+            results.push(ActionResult {
+                action,
+                error,
+                seconds,
+            });
+        }
+        Ok(results)
+    }
+
+    /// Every action other than a copy: at most one API call, then the record.
+    async fn simple(&self, action: Action) -> Result<ActionResult, EngineError> {
+        let started = Instant::now();
+        let client = self.engine.client(&action.target);
+        let call: Result<(), GlanceError> = match &action.kind {
+            ActionKind::UpdateMetadata {
+                target_id, patch, ..
+            } => client.patch_image(target_id, patch).await.map(drop),
+            ActionKind::Deactivate { target_id } => client.deactivate(target_id).await,
+            ActionKind::Reactivate { target_id } => client.reactivate(target_id).await,
+            ActionKind::DeleteHalfMade { target_id, .. } => {
+                match client.delete_image(target_id).await {
+                    Err(e) if e.status() != Some(404) => Err(e),
+                    _ => {
+                        self.state.record_deleted(&action.target, target_id)?;
+                        Ok(())
+                    }
+                }
+            }
+            ActionKind::InSync { .. } | ActionKind::Skip { .. } => Ok(()),
+            ActionKind::Copy { .. } => unreachable!("copies go through the transfer pipeline"),
+        };
+        let error = call.err().map(|e| e.to_string());
+        let seconds = started.elapsed().as_secs_f64();
+        if let Some(source) = self.source(&action.source_id) {
+            let outcome = match (&error, &action.kind) {
+                (Some(e), _) => Outcome::Failed {
+                    target_id: action.target_id(),
+                    error: e,
+                },
+                (None, ActionKind::Skip { reason }) => Outcome::Skipped { reason },
+                (None, ActionKind::InSync { target_id, foreign }) => Outcome::InSync {
+                    target_id,
+                    foreign: *foreign,
+                    bytes: source.size.unwrap_or(0),
+                },
+                (None, _) => Outcome::InSync {
+                    target_id: action.target_id().unwrap_or_default(),
+                    foreign: false,
+                    bytes: source.size.unwrap_or(0),
+                },
+            };
+            // Deleting a half-made image says nothing about the source image's own status.
+            if !matches!(action.kind, ActionKind::DeleteHalfMade { .. }) {
+                self.state.record_outcome(
+                    &self.job.name,
+                    &self.job.source,
+                    source,
+                    &action.target,
+                    outcome,
+                )?;
+            }
+        }
+        let name = action.name.clone().unwrap_or_default();
+        match &error {
+            Some(e) => tracing::error!(
+                job = %self.job.name, image = %name, source_id = %action.source_id,
+                target = %action.target, result = "failed",
+                "{} of '{name}' on {} failed: {e}", action.describe(), action.target
+            ),
+            None if action.writes() => tracing::info!(
+                job = %self.job.name, image = %name, source_id = %action.source_id,
+                target = %action.target, result = "done", seconds = format_args!("{seconds:.1}"),
+                "'{name}' on {}: {}", action.target, action.describe()
+            ),
+            None => tracing::debug!(
+                job = %self.job.name, image = %name, source_id = %action.source_id,
+                target = %action.target,
+                "'{name}' on {}: {}", action.target, action.describe()
+            ),
+        }
+        Ok(ActionResult {
+            action,
+            error,
+            seconds,
+        })
+    }
+}

@@ -1,0 +1,396 @@
+//! A thin Glance v2 client: exactly the calls replication needs, each with an error that names the
+//! cloud, the operation and the image.
+//!
+//! Requests without a body stream are retried once after a 401 with a renewed token. Uploads are not
+//! (their body is consumed); the transfer pipeline restarts them instead.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde_json::Value;
+
+use crate::auth::{Access, AuthError, CloudSession, error_chain};
+use crate::image::{Image, PatchOp};
+
+const PATCH_MEDIA_TYPE: &str = "application/openstack-images-v2.1-json-patch";
+/// Glance caps `limit` at 1000 silently; asking for it saves round trips on big clouds.
+const PAGE_LIMIT: usize = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum GlanceError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("cloud '{cloud}': {operation} failed: HTTP {status}: {message}{request_id}")]
+    Http {
+        cloud: String,
+        operation: String,
+        status: u16,
+        message: String,
+        request_id: String,
+    },
+    #[error("cloud '{cloud}': {operation} failed: {message}")]
+    Transport {
+        cloud: String,
+        operation: String,
+        message: String,
+    },
+    #[error(
+        "cloud '{cloud}': {operation}: Glance answered something the API does not promise: {message}"
+    )]
+    Protocol {
+        cloud: String,
+        operation: String,
+        message: String,
+    },
+}
+
+impl GlanceError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            GlanceError::Http { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct GlanceClient {
+    session: Arc<CloudSession>,
+}
+
+impl GlanceClient {
+    pub fn new(session: Arc<CloudSession>) -> GlanceClient {
+        GlanceClient { session }
+    }
+
+    pub fn cloud(&self) -> &str {
+        &self.session.name
+    }
+
+    /// The image endpoint this cloud resolves to (authenticates if needed).
+    pub async fn endpoint(&self) -> Result<String, GlanceError> {
+        Ok(self.session.access().await?.endpoint)
+    }
+
+    /// Every image the credentials can see: hidden ones and community ones included.
+    pub async fn list_images(&self) -> Result<Vec<Image>, GlanceError> {
+        let mut seen = HashSet::new();
+        let mut images = Vec::new();
+        // The default listing hides os_hidden images and other projects' community images (quirk
+        // 10): one pass per value of the os_hidden filter, both with visibility=all.
+        for hidden in ["false", "true"] {
+            let mut next = Some(format!(
+                "/v2/images?visibility=all&os_hidden={hidden}&limit={PAGE_LIMIT}"
+            ));
+            let mut markers = HashSet::new();
+            while let Some(path) = next.take() {
+                let operation = "list images";
+                let page: Value = self
+                    .call(operation, Method::GET, |b| b, &path)
+                    .await?
+                    .json()
+                    .await
+                    .map_err(|e| self.protocol(operation, format!("page is not JSON: {e}")))?;
+                let items = page
+                    .get("images")
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| {
+                        self.protocol(operation, format!("page {path} has no 'images' array"))
+                    })?;
+                for item in items {
+                    let image: Image = serde_json::from_value(item.clone()).map_err(|e| {
+                        self.protocol(operation, format!("image entry not understood: {e}"))
+                    })?;
+                    if seen.insert(image.id.clone()) {
+                        images.push(image);
+                    }
+                }
+                if let Some(link) = page.get("next").and_then(Value::as_str) {
+                    if !markers.insert(link.to_string()) {
+                        return Err(self.protocol(
+                            operation,
+                            format!("'next' link {link} repeats: paging would never end"),
+                        ));
+                    }
+                    next = Some(link.to_string());
+                }
+            }
+        }
+        Ok(images)
+    }
+
+    /// One cheap authenticated call, to show that the endpoint answers as Glance v2.
+    pub async fn probe(&self) -> Result<(), GlanceError> {
+        let operation = "list images (probe)";
+        let page: Value = self
+            .json(operation, Method::GET, |b| b, "/v2/images?limit=1")
+            .await?;
+        if page.get("images").and_then(Value::as_array).is_none() {
+            return Err(self.protocol(
+                operation,
+                "no 'images' array: is this a Glance v2 endpoint?".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub async fn get_image(&self, id: &str) -> Result<Image, GlanceError> {
+        let operation = format!("show image {id}");
+        self.json(&operation, Method::GET, |b| b, &format!("/v2/images/{id}"))
+            .await
+    }
+
+    /// `POST /v2/images`: the image is `queued` afterwards, with no data.
+    pub async fn create_image(&self, body: &Value) -> Result<Image, GlanceError> {
+        let id = body["id"].as_str().unwrap_or("?");
+        let name = body["name"].as_str().unwrap_or("");
+        let operation = format!("create image {id} ('{name}')");
+        self.json(&operation, Method::POST, |b| b.json(body), "/v2/images")
+            .await
+    }
+
+    /// Applies a JSON patch in one request (atomic on the server).
+    pub async fn patch_image(&self, id: &str, ops: &[PatchOp]) -> Result<Image, GlanceError> {
+        let operation = format!("update metadata of image {id}");
+        let body = serde_json::to_vec(ops).expect("patch ops serialise");
+        self.json(
+            &operation,
+            Method::PATCH,
+            |b| {
+                b.header(reqwest::header::CONTENT_TYPE, PATCH_MEDIA_TYPE)
+                    .body(body.clone())
+            },
+            &format!("/v2/images/{id}"),
+        )
+        .await
+    }
+
+    pub async fn delete_image(&self, id: &str) -> Result<(), GlanceError> {
+        let operation = format!("delete image {id}");
+        self.call(
+            &operation,
+            Method::DELETE,
+            |b| b,
+            &format!("/v2/images/{id}"),
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn deactivate(&self, id: &str) -> Result<(), GlanceError> {
+        let operation = format!("deactivate image {id}");
+        let path = format!("/v2/images/{id}/actions/deactivate");
+        self.call(&operation, Method::POST, |b| b, &path)
+            .await
+            .map(drop)
+    }
+
+    pub async fn reactivate(&self, id: &str) -> Result<(), GlanceError> {
+        let operation = format!("reactivate image {id}");
+        let path = format!("/v2/images/{id}/actions/reactivate");
+        self.call(&operation, Method::POST, |b| b, &path)
+            .await
+            .map(drop)
+    }
+
+    /// `GET /file`: the response, whose body is then streamed by the caller. A 204 is an error: it
+    /// means the image has no data even when its status says otherwise (quirk 9).
+    pub async fn download(&self, id: &str) -> Result<Response, GlanceError> {
+        let operation = format!("download image {id}");
+        let path = format!("/v2/images/{id}/file");
+        let resp = self
+            .send_streaming(&operation, Method::GET, |b| b, &path)
+            .await?;
+        if resp.status() != StatusCode::OK {
+            return Err(self.protocol(
+                &operation,
+                format!(
+                    "HTTP {} instead of 200 with the image data (the store may have lost it)",
+                    resp.status().as_u16()
+                ),
+            ));
+        }
+        Ok(resp)
+    }
+
+    /// `PUT /file` with a streamed body of exactly `size` bytes. Not retried: the body is consumed.
+    pub async fn upload(
+        &self,
+        id: &str,
+        size: u64,
+        body: reqwest::Body,
+    ) -> Result<(), GlanceError> {
+        let operation = format!("upload data of image {id}");
+        let access = self.session.access().await?;
+        let url = format!("{}/v2/images/{id}/file", access.endpoint);
+        let mut req = self
+            .session
+            .http()
+            .put(&url)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            // Without a length reqwest sends the stream chunked and Glance cannot check quota or
+            // size up front (quirk 5).
+            .header(reqwest::header::CONTENT_LENGTH, size)
+            .header("x-openstack-image-size", size)
+            .body(body);
+        if let Some(t) = token_header(&access) {
+            req = req.header("X-Auth-Token", t);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| self.transport(&operation, &e))?;
+        self.check(&operation, resp).await.map(drop)
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        operation: &str,
+        method: Method,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
+        path: &str,
+    ) -> Result<T, GlanceError> {
+        self.call(operation, method, build, path)
+            .await?
+            .json()
+            .await
+            .map_err(|e| self.protocol(operation, format!("body not understood: {e}")))
+    }
+
+    /// One API call with the whole-request timeout, retried once with a new token on 401.
+    async fn call(
+        &self,
+        operation: &str,
+        method: Method,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
+        path: &str,
+    ) -> Result<Response, GlanceError> {
+        let timeout = self.session.api_timeout();
+        self.send_with_reauth(operation, method, |b| build(b).timeout(timeout), path)
+            .await
+    }
+
+    /// Like [`call`](Self::call) but without a whole-request timeout: the body may take hours.
+    async fn send_streaming(
+        &self,
+        operation: &str,
+        method: Method,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
+        path: &str,
+    ) -> Result<Response, GlanceError> {
+        self.send_with_reauth(operation, method, build, path).await
+    }
+
+    async fn send_with_reauth(
+        &self,
+        operation: &str,
+        method: Method,
+        build: impl Fn(RequestBuilder) -> RequestBuilder,
+        path: &str,
+    ) -> Result<Response, GlanceError> {
+        let mut retried = false;
+        loop {
+            let access = self.session.access().await?;
+            let resp = self
+                .request(&access, method.clone(), path, &build)
+                .send()
+                .await
+                .map_err(|e| self.transport(operation, &e))?;
+            if resp.status() == StatusCode::UNAUTHORIZED && !retried {
+                tracing::info!(cloud = %self.cloud(), operation, "token refused (401), authenticating again");
+                self.session.invalidate(&access).await;
+                retried = true;
+                continue;
+            }
+            return self.check(operation, resp).await;
+        }
+    }
+
+    fn request(
+        &self,
+        access: &Access,
+        method: Method,
+        path: &str,
+        build: &impl Fn(RequestBuilder) -> RequestBuilder,
+    ) -> RequestBuilder {
+        let mut req = self
+            .session
+            .http()
+            .request(method, format!("{}{path}", access.endpoint))
+            .header(reqwest::header::ACCEPT, "application/json");
+        if let Some(t) = token_header(access) {
+            req = req.header("X-Auth-Token", t);
+        }
+        build(req)
+    }
+
+    async fn check(&self, operation: &str, resp: Response) -> Result<Response, GlanceError> {
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let request_id = resp
+            .headers()
+            .get("x-openstack-request-id")
+            .and_then(|v| v.to_str().ok())
+            .map(|id| format!(" (request {id})"))
+            .unwrap_or_default();
+        let text = resp.text().await.unwrap_or_default();
+        Err(GlanceError::Http {
+            cloud: self.cloud().to_string(),
+            operation: operation.to_string(),
+            status: status.as_u16(),
+            message: glance_message(&text),
+            request_id,
+        })
+    }
+
+    fn transport(&self, operation: &str, e: &reqwest::Error) -> GlanceError {
+        GlanceError::Transport {
+            cloud: self.cloud().to_string(),
+            operation: operation.to_string(),
+            message: error_chain(e),
+        }
+    }
+
+    pub(crate) fn protocol(&self, operation: &str, message: String) -> GlanceError {
+        GlanceError::Protocol {
+            cloud: self.cloud().to_string(),
+            operation: operation.to_string(),
+            message,
+        }
+    }
+}
+
+/// The token as a header value marked sensitive, so no HTTP-layer debug output can print it.
+fn token_header(access: &Access) -> Option<reqwest::header::HeaderValue> {
+    let mut v = reqwest::header::HeaderValue::from_str(access.token()?).ok()?;
+    v.set_sensitive(true);
+    Some(v)
+}
+
+/// WebOb's error body: JSON `{"message": ...}` with HTML breaks, or plain text (quirk 22).
+fn glance_message(body: &str) -> String {
+    let raw = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|v| v["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| body.to_string());
+    let cleaned = raw.replace("<br />", " ");
+    let cleaned = cleaned.split_whitespace().collect::<Vec<_>>().join(" ");
+    cleaned.chars().take(300).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn webob_json_error_body_becomes_one_clean_line() {
+        let body = r#"{"message": "Image status transition from active to saving is not allowed<br /><br />\n\n\n", "code": "409 Conflict", "title": "Conflict"}"#;
+        assert_eq!(
+            glance_message(body),
+            "Image status transition from active to saving is not allowed"
+        );
+    }
+}

@@ -1,0 +1,17 @@
+//! glance-sync: keeps OpenStack Glance images identical across clouds.
+//!
+//! The data path, module by module: [`config`] (the policy) → [`auth`] + [`glance`] (listing both
+//! sides) → [`plan`] (pure diff into actions) → [`transfer`] (streaming copy) → [`verify`]
+//! (digests and checks) → [`state`] (record). [`engine`] drives that path for one job.
+//! See ARCHITECTURE.md for the codemap and the invariants.
+
+pub mod auth;
+pub mod config;
+pub mod engine;
+pub mod glance;
+pub mod image;
+pub mod plan;
+pub mod progress;
+pub mod state;
+pub mod transfer;
+pub mod verify;

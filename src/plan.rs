@@ -1,0 +1,640 @@
+//! The planner: a pure function from (source images, target images, what we own, the job) to the
+//! list of actions that make every target hold every selected source image.
+//!
+//! No I/O, no clock, no randomness: ids for new copies come from the caller, so a plan can be
+//! tested (and shown by `glance-sync plan`) without touching any cloud.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::config::Job;
+use crate::image::{
+    self, Image, PatchOp, create_body, current_metadata, desired_metadata, metadata_patch,
+    same_content, same_identity,
+};
+
+/// What the state database knows, as far as planning needs it.
+#[derive(Debug, Default, Clone)]
+pub struct Ledger {
+    /// (target cloud, source image id) → id of our current copy on that target.
+    copies: HashMap<(String, String), String>,
+    /// (target cloud, image id) of every image glance-sync created and has not deleted.
+    owned: HashSet<(String, String)>,
+}
+
+impl Ledger {
+    pub fn record_copy(&mut self, target: &str, source_id: &str, target_id: &str) {
+        self.copies
+            .insert((target.into(), source_id.into()), target_id.into());
+    }
+
+    pub fn record_owned(&mut self, target: &str, target_id: &str) {
+        self.owned.insert((target.into(), target_id.into()));
+    }
+
+    pub fn copy_of(&self, target: &str, source_id: &str) -> Option<&str> {
+        self.copies
+            .get(&(target.to_string(), source_id.to_string()))
+            .map(String::as_str)
+    }
+
+    pub fn owns(&self, target: &str, target_id: &str) -> bool {
+        self.owned
+            .contains(&(target.to_string(), target_id.to_string()))
+    }
+}
+
+/// Everything the planner looks at.
+pub struct PlanInput<'a> {
+    pub job: &'a Job,
+    pub source_images: &'a [Image],
+    /// Per target cloud, every image listed there.
+    pub target_images: &'a BTreeMap<String, Vec<Image>>,
+    pub ledger: &'a Ledger,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub job: String,
+    pub source: String,
+    pub actions: Vec<Action>,
+    /// Source images the job's filter did not select (not listed in `actions`).
+    pub not_selected: usize,
+}
+
+/// One thing to do (or not) for one source image on one target.
+#[derive(Debug, Clone, Serialize)]
+pub struct Action {
+    pub source_id: String,
+    pub name: Option<String>,
+    pub size: Option<u64>,
+    pub target: String,
+    #[serde(flatten)]
+    pub kind: ActionKind,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum ActionKind {
+    /// Create `target_id` on the target and stream the source's bytes into it.
+    Copy {
+        target_id: String,
+        /// `protected` is set only after the copy is verified.
+        protect: bool,
+        #[serde(skip)]
+        create_body: Value,
+    },
+    /// Patch our copy's metadata to match the source, in one request.
+    UpdateMetadata {
+        target_id: String,
+        changes: String,
+        #[serde(skip)]
+        patch: Vec<PatchOp>,
+    },
+    Deactivate {
+        target_id: String,
+    },
+    Reactivate {
+        target_id: String,
+    },
+    InSync {
+        target_id: String,
+        /// The image holding this identity on the target was not created by glance-sync; it is
+        /// never modified.
+        foreign: bool,
+    },
+    /// One of our images whose upload never finished (queued or saving): deleted before copying.
+    DeleteHalfMade {
+        target_id: String,
+        status: String,
+    },
+    Skip {
+        reason: String,
+    },
+}
+
+impl Action {
+    /// The action as one short phrase, for tables and logs.
+    pub fn describe(&self) -> String {
+        match &self.kind {
+            ActionKind::Copy { protect, .. } => {
+                if *protect {
+                    "copy (then protect)".into()
+                } else {
+                    "copy".into()
+                }
+            }
+            ActionKind::UpdateMetadata { changes, .. } => format!("update metadata: {changes}"),
+            ActionKind::Deactivate { .. } => "deactivate (source is deactivated)".into(),
+            ActionKind::Reactivate { .. } => "reactivate (source is active again)".into(),
+            ActionKind::InSync { foreign: false, .. } => "in sync".into(),
+            ActionKind::InSync { foreign: true, .. } => {
+                "in sync (foreign image: not created by glance-sync, left untouched)".into()
+            }
+            ActionKind::DeleteHalfMade { status, .. } => {
+                format!("delete our unfinished copy (status {status})")
+            }
+            ActionKind::Skip { reason } => format!("skipped: {reason}"),
+        }
+    }
+
+    pub fn target_id(&self) -> Option<&str> {
+        match &self.kind {
+            ActionKind::Copy { target_id, .. }
+            | ActionKind::UpdateMetadata { target_id, .. }
+            | ActionKind::Deactivate { target_id }
+            | ActionKind::Reactivate { target_id }
+            | ActionKind::InSync { target_id, .. }
+            | ActionKind::DeleteHalfMade { target_id, .. } => Some(target_id),
+            ActionKind::Skip { .. } => None,
+        }
+    }
+
+    /// Whether executing it writes to a cloud.
+    pub fn writes(&self) -> bool {
+        !matches!(
+            self.kind,
+            ActionKind::InSync { .. } | ActionKind::Skip { .. }
+        )
+    }
+}
+
+/// Why a source image is not replicated at all, or `None` if it is a candidate.
+fn ineligibility(image: &Image) -> Option<String> {
+    if image.is_deactivated() {
+        return None; // its copies follow it; decided per target
+    }
+    if !image.is_active() {
+        return Some(format!(
+            "status is '{}': only active images are copied",
+            image.status
+        ));
+    }
+    if image.size.unwrap_or(0) == 0 {
+        return Some("no data (size 0), e.g. a volume-backed snapshot".into());
+    }
+    if image.checksum.is_none() && image.os_hash_value.is_none() {
+        return Some("no checksum or os_hash_value: its bytes could not be verified".into());
+    }
+    if image.disk_format.is_none() || image.container_format.is_none() {
+        return Some("no disk_format or container_format".into());
+    }
+    None
+}
+
+/// What the planner decided about one (source, target) pair before building actions.
+enum Decision<'a> {
+    /// Our copy exists.
+    Ours(&'a Image),
+    /// Someone else's image already holds the identity.
+    Foreign(&'a Image),
+    Copy(String),
+    Skip(String),
+}
+
+pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
+    let job = input.job;
+    let mut sources: Vec<&Image> = input
+        .source_images
+        .iter()
+        .filter(|i| job.filter.selects(i))
+        .collect();
+    let not_selected = input.source_images.len() - sources.len();
+    // Oldest first, so that among duplicates the original is the one replicated.
+    sources.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
+
+    // Source-level verdicts: ineligible, or duplicate of an earlier image with the same identity.
+    let mut source_skip: HashMap<&str, String> = HashMap::new();
+    let mut first_with_identity: Vec<&Image> = Vec::new();
+    for s in &sources {
+        if let Some(reason) = ineligibility(s) {
+            source_skip.insert(&s.id, reason);
+        } else if let Some(orig) = first_with_identity.iter().find(|o| same_identity(o, s)) {
+            source_skip.insert(
+                &s.id,
+                format!("same name and data as source image {}", orig.id),
+            );
+        } else {
+            first_with_identity.push(s);
+        }
+    }
+
+    let empty = Vec::new();
+    let mut decisions: HashMap<(&str, &str), Decision> = HashMap::new();
+    let mut actions = Vec::new();
+    for target in &job.targets {
+        let images = input.target_images.get(target).unwrap_or(&empty);
+        let by_id: HashMap<&str, &Image> = images.iter().map(|i| (i.id.as_str(), i)).collect();
+        let owns = |i: &Image| input.ledger.owns(target, &i.id);
+
+        for img in images.iter().filter(|i| owns(i) && !i.is_established()) {
+            actions.push(Action {
+                source_id: img
+                    .marker()
+                    .map(|(_, id)| id.to_string())
+                    .unwrap_or_default(),
+                name: img.name.clone(),
+                size: None,
+                target: target.clone(),
+                kind: ActionKind::DeleteHalfMade {
+                    target_id: img.id.clone(),
+                    status: img.status.clone(),
+                },
+            });
+        }
+
+        for s in &sources {
+            if let Some(reason) = source_skip.get(s.id.as_str()) {
+                decisions.insert((target, &s.id), Decision::Skip(reason.clone()));
+                continue;
+            }
+            let mapped = input
+                .ledger
+                .copy_of(target, &s.id)
+                .and_then(|id| by_id.get(id).copied())
+                .filter(|c| c.is_established() && same_content(s, c));
+            let candidates: Vec<&Image> = images
+                .iter()
+                .filter(|c| c.is_established() && same_identity(s, c))
+                .collect();
+            let ours_by_marker = || {
+                candidates
+                    .iter()
+                    .copied()
+                    .find(|c| owns(c) && c.marker() == Some((job.source.as_str(), s.id.as_str())))
+            };
+            let decision = if let Some(c) = mapped.or_else(ours_by_marker) {
+                Decision::Ours(c)
+            } else if let Some(c) = candidates.first() {
+                if owns(c) {
+                    Decision::Ours(c)
+                } else {
+                    Decision::Foreign(c)
+                }
+            } else if s.is_deactivated() {
+                Decision::Skip("deactivated on the source and never copied".into())
+            } else {
+                Decision::Copy(new_id())
+            };
+            decisions.insert((target, &s.id), decision);
+        }
+    }
+
+    for s in &sources {
+        for target in &job.targets {
+            let copy_id_of = |source_ref: &str| -> Option<String> {
+                match decisions.get(&(target.as_str(), source_ref))? {
+                    Decision::Ours(c) | Decision::Foreign(c) => Some(c.id.clone()),
+                    Decision::Copy(id) => Some(id.clone()),
+                    Decision::Skip(_) => None,
+                }
+            };
+            let action = |kind| Action {
+                source_id: s.id.clone(),
+                name: s.name.clone(),
+                size: s.size,
+                target: target.clone(),
+                kind,
+            };
+            match &decisions[&(target.as_str(), s.id.as_str())] {
+                Decision::Skip(reason) => actions.push(action(ActionKind::Skip {
+                    reason: reason.clone(),
+                })),
+                Decision::Foreign(c) => actions.push(action(ActionKind::InSync {
+                    target_id: c.id.clone(),
+                    foreign: true,
+                })),
+                Decision::Copy(id) => {
+                    let meta = desired_metadata(s, &job.source, copy_id_of);
+                    actions.push(action(ActionKind::Copy {
+                        target_id: id.clone(),
+                        protect: meta.protected,
+                        create_body: create_body(id, s, &meta),
+                    }));
+                }
+                Decision::Ours(c) => {
+                    let desired = desired_metadata(s, &job.source, copy_id_of);
+                    let patch = metadata_patch(&current_metadata(c), &desired);
+                    let before = actions.len();
+                    if !patch.is_empty() {
+                        actions.push(action(ActionKind::UpdateMetadata {
+                            target_id: c.id.clone(),
+                            changes: image::describe_patch(&patch),
+                            patch,
+                        }));
+                    }
+                    if s.is_deactivated() && c.is_active() {
+                        actions.push(action(ActionKind::Deactivate {
+                            target_id: c.id.clone(),
+                        }));
+                    } else if s.is_active() && c.is_deactivated() {
+                        actions.push(action(ActionKind::Reactivate {
+                            target_id: c.id.clone(),
+                        }));
+                    }
+                    if actions.len() == before {
+                        actions.push(action(ActionKind::InSync {
+                            target_id: c.id.clone(),
+                            foreign: false,
+                        }));
+                    }
+                }
+            }
+        }
+    }
+
+    Plan {
+        job: job.name.clone(),
+        source: job.source.clone(),
+        actions,
+        not_selected,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Filter;
+    use crate::image::tests::image;
+
+    fn job(targets: &[&str]) -> Job {
+        Job {
+            name: "j".into(),
+            source: "src".into(),
+            targets: targets.iter().map(|t| t.to_string()).collect(),
+            filter: Filter::everything(),
+        }
+    }
+
+    struct Ids(u32);
+    impl Ids {
+        fn next(&mut self) -> String {
+            self.0 += 1;
+            format!("new-{}", self.0)
+        }
+    }
+
+    fn run(job: &Job, source: &[Image], targets: &[(&str, Vec<Image>)], ledger: &Ledger) -> Plan {
+        let target_images = targets
+            .iter()
+            .map(|(t, imgs)| (t.to_string(), imgs.clone()))
+            .collect();
+        let mut ids = Ids(0);
+        plan(
+            &PlanInput {
+                job,
+                source_images: source,
+                target_images: &target_images,
+                ledger,
+            },
+            &mut || ids.next(),
+        )
+    }
+
+    /// A copy of `src` on a target, as glance-sync makes it.
+    fn copy_of(src: &Image, id: &str) -> Image {
+        let mut c = src.clone();
+        c.id = id.into();
+        c.extra
+            .insert("glance_sync_source_cloud".into(), "src".into());
+        c.extra
+            .insert("glance_sync_source_id".into(), src.id.clone().into());
+        c
+    }
+
+    fn kinds(p: &Plan) -> Vec<String> {
+        p.actions
+            .iter()
+            .map(|a| format!("{}@{}: {}", a.source_id, a.target, a.describe()))
+            .collect()
+    }
+
+    #[test]
+    fn missing_images_are_copied_to_every_target() {
+        let s = image("s1", "ubuntu", "m1");
+        let p = run(
+            &job(&["a", "b"]),
+            &[s],
+            &[("a", vec![]), ("b", vec![])],
+            &Ledger::default(),
+        );
+        assert_eq!(kinds(&p), vec!["s1@a: copy", "s1@b: copy"]);
+        let ActionKind::Copy { create_body, .. } = &p.actions[0].kind else {
+            panic!()
+        };
+        assert_eq!(create_body["id"], "new-1");
+        assert_eq!(create_body["glance_sync_source_id"], "s1");
+    }
+
+    #[test]
+    fn our_copy_with_same_metadata_is_in_sync() {
+        let s = image("s1", "ubuntu", "m1");
+        let mut ledger = Ledger::default();
+        ledger.record_copy("a", "s1", "t1");
+        ledger.record_owned("a", "t1");
+        let p = run(
+            &job(&["a"]),
+            std::slice::from_ref(&s),
+            &[("a", vec![copy_of(&s, "t1")])],
+            &ledger,
+        );
+        assert_eq!(kinds(&p), vec!["s1@a: in sync"]);
+        assert!(p.actions.iter().all(|a| !a.writes()));
+    }
+
+    #[test]
+    fn foreign_image_with_same_identity_counts_as_in_sync_and_is_never_patched() {
+        let s = image("s1", "ubuntu", "m1");
+        let mut foreign = s.clone();
+        foreign.id = "f1".into();
+        foreign.tags = vec!["someone-elses".into()];
+        let p = run(
+            &job(&["a"]),
+            &[s],
+            &[("a", vec![foreign])],
+            &Ledger::default(),
+        );
+        assert_eq!(
+            kinds(&p),
+            vec!["s1@a: in sync (foreign image: not created by glance-sync, left untouched)"]
+        );
+    }
+
+    #[test]
+    fn same_name_with_different_data_is_a_different_image() {
+        let s1 = image("s1", "ubuntu", "m1");
+        let mut s2 = image("s2", "ubuntu", "m2");
+        s2.created_at = Some("2026-02-01T00:00:00Z".into());
+        let mut ledger = Ledger::default();
+        ledger.record_copy("a", "s1", "t1");
+        ledger.record_owned("a", "t1");
+        let p = run(
+            &job(&["a"]),
+            &[s1.clone(), s2],
+            &[("a", vec![copy_of(&s1, "t1")])],
+            &ledger,
+        );
+        assert_eq!(kinds(&p), vec!["s1@a: in sync", "s2@a: copy"]);
+    }
+
+    #[test]
+    fn drift_on_the_source_becomes_one_patch_on_our_copy() {
+        let mut s = image("s1", "ubuntu", "m1");
+        let mut ledger = Ledger::default();
+        ledger.record_copy("a", "s1", "t1");
+        ledger.record_owned("a", "t1");
+        let mut c = copy_of(&s, "t1");
+        c.extra.insert("gone".into(), "x".into());
+        s.tags = vec!["new".into()];
+        s.min_ram = 512;
+        s.protected = true;
+        s.extra.insert("os_distro".into(), "ubuntu".into());
+        let p = run(&job(&["a"]), &[s], &[("a", vec![c])], &ledger);
+        assert_eq!(
+            kinds(&p),
+            vec!["s1@a: update metadata: min_ram, tags, os_distro, -gone, protected"]
+        );
+    }
+
+    #[test]
+    fn deactivation_and_reactivation_follow_the_source() {
+        let mut s = image("s1", "ubuntu", "m1");
+        let mut ledger = Ledger::default();
+        ledger.record_copy("a", "s1", "t1");
+        ledger.record_owned("a", "t1");
+        let c = copy_of(&s, "t1");
+        s.status = "deactivated".into();
+        let p = run(
+            &job(&["a"]),
+            std::slice::from_ref(&s),
+            &[("a", vec![c.clone()])],
+            &ledger,
+        );
+        assert_eq!(kinds(&p), vec!["s1@a: deactivate (source is deactivated)"]);
+
+        let mut c2 = c;
+        c2.status = "deactivated".into();
+        s.status = "active".into();
+        let p = run(&job(&["a"]), &[s], &[("a", vec![c2])], &ledger);
+        assert_eq!(kinds(&p), vec!["s1@a: reactivate (source is active again)"]);
+    }
+
+    #[test]
+    fn ineligible_source_images_are_skipped_with_a_reason() {
+        let mut queued = image("q", "q", "m1");
+        queued.status = "queued".into();
+        queued.checksum = None;
+        let mut empty = image("e", "e", "m2");
+        empty.size = Some(0);
+        let mut deact = image("d", "d", "m3");
+        deact.status = "deactivated".into();
+        let mut nosum = image("n", "n", "m4");
+        nosum.checksum = None;
+        nosum.os_hash_value = None;
+        let p = run(
+            &job(&["a"]),
+            &[queued, empty, deact, nosum],
+            &[("a", vec![])],
+            &Ledger::default(),
+        );
+        let k = kinds(&p);
+        assert!(
+            k.iter()
+                .any(|s| s.starts_with("q@a: skipped: status is 'queued'")),
+            "{k:?}"
+        );
+        assert!(
+            k.iter().any(|s| s.starts_with("e@a: skipped: no data")),
+            "{k:?}"
+        );
+        assert!(
+            k.iter()
+                .any(|s| s == "d@a: skipped: deactivated on the source and never copied"),
+            "{k:?}"
+        );
+        assert!(
+            k.iter().any(|s| s.starts_with("n@a: skipped: no checksum")),
+            "{k:?}"
+        );
+        assert!(p.actions.iter().all(|a| !a.writes()));
+    }
+
+    #[test]
+    fn our_half_made_copy_is_deleted_and_copied_again() {
+        let s = image("s1", "ubuntu", "m1");
+        let mut ledger = Ledger::default();
+        ledger.record_copy("a", "s1", "t1");
+        ledger.record_owned("a", "t1");
+        let mut half = copy_of(&s, "t1");
+        half.status = "saving".into();
+        half.checksum = None;
+        half.os_hash_value = None;
+        let p = run(&job(&["a"]), &[s], &[("a", vec![half])], &ledger);
+        assert_eq!(
+            kinds(&p),
+            vec![
+                "s1@a: delete our unfinished copy (status saving)",
+                "s1@a: copy"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_queued_image_we_did_not_create_is_left_alone() {
+        let s = image("s1", "ubuntu", "m1");
+        let mut other = image("x", "other", "m9");
+        other.status = "queued".into();
+        let p = run(
+            &job(&["a"]),
+            &[s],
+            &[("a", vec![other])],
+            &Ledger::default(),
+        );
+        assert_eq!(kinds(&p), vec!["s1@a: copy"]);
+    }
+
+    #[test]
+    fn kernel_reference_points_at_the_copy_on_the_target() {
+        let kernel = image("k", "vmlinuz", "mk");
+        let mut vm = image("v", "vm", "mv");
+        vm.extra.insert("kernel_id".into(), "k".into());
+        let p = run(
+            &job(&["a"]),
+            &[kernel, vm],
+            &[("a", vec![])],
+            &Ledger::default(),
+        );
+        let body = |id: &str| match &p.actions.iter().find(|a| a.source_id == id).unwrap().kind {
+            ActionKind::Copy { create_body, .. } => create_body.clone(),
+            _ => panic!(),
+        };
+        assert_eq!(body("v")["kernel_id"], body("k")["id"]);
+    }
+
+    #[test]
+    fn duplicate_source_images_are_copied_once() {
+        let a = image("a", "ubuntu", "m1");
+        let mut b = image("b", "ubuntu", "m1");
+        b.created_at = Some("2026-03-01T00:00:00Z".into());
+        let p = run(&job(&["t"]), &[b, a], &[("t", vec![])], &Ledger::default());
+        assert_eq!(
+            kinds(&p),
+            vec![
+                "a@t: copy",
+                "b@t: skipped: same name and data as source image a"
+            ]
+        );
+    }
+
+    #[test]
+    fn copy_that_someone_deleted_on_the_target_is_copied_again() {
+        let s = image("s1", "ubuntu", "m1");
+        let mut ledger = Ledger::default();
+        ledger.record_copy("a", "s1", "gone");
+        ledger.record_owned("a", "gone");
+        let p = run(&job(&["a"]), &[s], &[("a", vec![])], &ledger);
+        assert_eq!(kinds(&p), vec!["s1@a: copy"]);
+    }
+}

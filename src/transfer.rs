@@ -1,0 +1,438 @@
+//! The transfer pipeline: one download from the source, streamed into an upload on every target at
+//! once, hashed on the side, and held back at the last chunk until the digests prove the bytes are
+//! the source's.
+//!
+//! ```text
+//!   source GET /file ──chunks──┬──▶ hash thread (MD5)
+//!                              ├──▶ hash thread (sha512 | sha384 | sha256)
+//!                              ├──▶ bounded queue ──▶ target A PUT /file
+//!                              └──▶ bounded queue ──▶ target B PUT /file
+//! ```
+//! Nothing touches the disk and memory is bounded by the queue lengths, whatever the image size. A
+//! slow target slows the others (the queues fill); a failing target drops out and the others go on.
+//! Digests are checked before the final chunk is released: a corrupt or truncated stream is aborted,
+//! so Glance never sees a complete body and never makes the image active.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::future::join_all;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::glance::GlanceClient;
+use crate::image::{Image, PatchOp};
+use crate::verify::{self, Digests, StreamHasher};
+
+/// Chunks queued per target. With reqwest's chunks of at most a few hundred KiB this keeps a
+/// transfer's memory to a few MiB per target.
+const UPLOAD_QUEUE_CHUNKS: usize = 8;
+
+/// Why a copy to one target failed. A small fixed set, fit for metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureReason {
+    SourceRead,
+    SourceCorrupt,
+    TargetCreate,
+    TargetUpload,
+    Verification,
+    TargetMetadata,
+}
+
+impl FailureReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureReason::SourceRead => "source_read",
+            FailureReason::SourceCorrupt => "source_corrupt",
+            FailureReason::TargetCreate => "target_create",
+            FailureReason::TargetUpload => "target_upload",
+            FailureReason::Verification => "verification",
+            FailureReason::TargetMetadata => "target_metadata",
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
+pub struct TransferError {
+    pub reason: FailureReason,
+    pub message: String,
+}
+
+impl TransferError {
+    fn new(reason: FailureReason, message: impl std::fmt::Display) -> TransferError {
+        TransferError {
+            reason,
+            message: message.to_string(),
+        }
+    }
+}
+
+/// One target of a copy: where to create the image and with what.
+pub struct CopyTarget {
+    pub client: GlanceClient,
+    pub target_id: String,
+    pub create_body: Value,
+    /// Set `protected` once the copy is verified.
+    pub protect: bool,
+}
+
+#[derive(Debug)]
+pub struct CopyOutcome {
+    pub target: String,
+    pub target_id: String,
+    pub result: Result<(), TransferError>,
+    /// Whether our half-made image was deleted after a failure (false: it may still exist).
+    pub cleaned_up: bool,
+}
+
+/// Reports bytes as they flow, e.g. to a progress bar.
+pub trait ProgressSink: Send + Sync {
+    fn advance(&self, bytes: u64);
+}
+
+impl ProgressSink for () {
+    fn advance(&self, _: u64) {}
+}
+
+pub struct Settings {
+    pub stall_timeout: Duration,
+}
+
+/// Copies `image` from `source` to every target, reading the source once.
+pub async fn copy_image(
+    source: &GlanceClient,
+    image: &Image,
+    targets: Vec<CopyTarget>,
+    settings: &Settings,
+    progress: &dyn ProgressSink,
+) -> Vec<CopyOutcome> {
+    let size = image.size.unwrap_or(0);
+    let fail_all = |targets: Vec<CopyTarget>, err: TransferError| {
+        targets
+            .into_iter()
+            .map(|t| CopyOutcome {
+                target: t.client.cloud().to_string(),
+                target_id: t.target_id,
+                result: Err(err.clone()),
+                cleaned_up: true,
+            })
+            .collect::<Vec<_>>()
+    };
+
+    // Open the download before creating anything, so an unreadable source writes nothing.
+    let response = match source.download(&image.id).await {
+        Ok(r) => r,
+        Err(e) => return fail_all(targets, TransferError::new(FailureReason::SourceRead, e)),
+    };
+    if let Some(len) = response.content_length()
+        && len != size
+    {
+        let err = TransferError::new(
+            FailureReason::SourceCorrupt,
+            format!(
+                "cloud '{}': image {} has size {size} but its download announces {len} bytes",
+                source.cloud(),
+                image.id
+            ),
+        );
+        return fail_all(targets, err);
+    }
+
+    let mut outcomes = Vec::new();
+    let created = join_all(targets.into_iter().map(|t| async move {
+        let r = t.client.create_image(&t.create_body).await;
+        (t, r)
+    }))
+    .await;
+    let mut live = Vec::new();
+    for (t, r) in created {
+        match r {
+            Ok(_) => live.push(t),
+            Err(e) => outcomes.push(CopyOutcome {
+                target: t.client.cloud().to_string(),
+                target_id: t.target_id,
+                result: Err(TransferError::new(FailureReason::TargetCreate, e)),
+                // Nothing was created, or a create we cannot see: the next run's plan finds it.
+                cleaned_up: true,
+            }),
+        }
+    }
+    if live.is_empty() {
+        return outcomes;
+    }
+
+    let mut lanes: Vec<Lane> = live
+        .iter()
+        .map(|t| Lane::start(t.client.clone(), t.target_id.clone(), size))
+        .collect();
+
+    let streamed = pump(source, image, response, &mut lanes, settings, progress).await;
+
+    let mut uploaded = Vec::new();
+    for (t, lane) in live.into_iter().zip(lanes) {
+        let lane_error = lane.error.clone();
+        let upload = lane.task.await.unwrap_or_else(|e| {
+            Err(crate::glance::GlanceError::Protocol {
+                cloud: t.client.cloud().to_string(),
+                operation: "upload".into(),
+                message: format!("upload task failed: {e}"),
+            })
+        });
+        let result = match (&streamed, lane_error, upload) {
+            (Err(e), _, _) => Err(e.clone()),
+            (Ok(_), Some(e), _) => Err(e),
+            (Ok(_), None, Err(e)) => Err(TransferError::new(FailureReason::TargetUpload, e)),
+            (Ok(d), None, Ok(())) => Ok(d.clone()),
+        };
+        uploaded.push((t, result));
+    }
+
+    let finished = join_all(uploaded.into_iter().map(|(t, r)| async move {
+        let result = match r {
+            Ok(digests) => finish_copy(&t, &digests).await,
+            Err(e) => Err(e),
+        };
+        let cleaned_up = match &result {
+            Ok(()) => true,
+            Err(_) => remove_failed_copy(&t).await,
+        };
+        CopyOutcome {
+            target: t.client.cloud().to_string(),
+            target_id: t.target_id,
+            result,
+            cleaned_up,
+        }
+    }))
+    .await;
+    outcomes.extend(finished);
+    outcomes
+}
+
+/// One target's upload in flight: the queue feeding its request body, and the request itself.
+struct Lane {
+    tx: Option<mpsc::Sender<Bytes>>,
+    abort: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), crate::glance::GlanceError>>,
+    cloud: String,
+    /// Set when this lane was dropped by the pump (stalled target).
+    error: Option<TransferError>,
+}
+
+impl Lane {
+    fn start(client: GlanceClient, target_id: String, size: u64) -> Lane {
+        let (tx, rx) = mpsc::channel::<Bytes>(UPLOAD_QUEUE_CHUNKS);
+        let abort = CancellationToken::new();
+        let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(
+            (rx, abort.clone()),
+            |(mut rx, abort)| async move {
+                tokio::select! {
+                    biased;
+                    // An error makes hyper abort the request: Glance sees a broken upload and puts
+                    // the image back to `queued`, never `active`.
+                    _ = abort.cancelled() => Some((
+                        Err(io::Error::other("transfer aborted by glance-sync")),
+                        (rx, abort),
+                    )),
+                    chunk = rx.recv() => chunk.map(|c| (Ok::<_, io::Error>(c), (rx, abort))),
+                }
+            },
+        ));
+        let cloud = client.cloud().to_string();
+        let task = tokio::spawn(async move { client.upload(&target_id, size, body).await });
+        Lane {
+            tx: Some(tx),
+            abort,
+            task,
+            cloud,
+            error: None,
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Hands a chunk to this target; drops the lane if its upload ended or stalled.
+    async fn send(&mut self, chunk: Bytes, stall: Duration) {
+        let Some(tx) = &self.tx else { return };
+        match tokio::time::timeout(stall, tx.send(chunk)).await {
+            Ok(Ok(())) => {}
+            // The request ended early (its error is collected from the task).
+            Ok(Err(_)) => self.tx = None,
+            Err(_) => {
+                self.error = Some(TransferError::new(
+                    FailureReason::TargetUpload,
+                    format!(
+                        "cloud '{}': upload stalled: the target accepted no data for {} s",
+                        self.cloud,
+                        stall.as_secs()
+                    ),
+                ));
+                self.abort.cancel();
+                self.tx = None;
+            }
+        }
+    }
+
+    fn abort(&mut self) {
+        self.abort.cancel();
+        self.tx = None;
+    }
+}
+
+/// Moves the source's bytes into every open lane, then verifies them before releasing the last chunk.
+async fn pump(
+    source: &GlanceClient,
+    image: &Image,
+    response: reqwest::Response,
+    lanes: &mut [Lane],
+    settings: &Settings,
+    progress: &dyn ProgressSink,
+) -> Result<Digests, TransferError> {
+    let size = image.size.unwrap_or(0);
+    let read_error = |message: String| {
+        TransferError::new(
+            FailureReason::SourceRead,
+            format!(
+                "cloud '{}': reading image {} failed: {message}",
+                source.cloud(),
+                image.id
+            ),
+        )
+    };
+    let mut stream = response.bytes_stream();
+    let mut hasher = StreamHasher::start(verify::algo_for(image));
+    let mut held: Option<Bytes> = None;
+    let mut read: u64 = 0;
+    let outcome = loop {
+        let next = match tokio::time::timeout(settings.stall_timeout, stream.next()).await {
+            Err(_) => {
+                break Err(read_error(format!(
+                    "no data for {} s after {read} of {size} bytes",
+                    settings.stall_timeout.as_secs()
+                )));
+            }
+            Ok(n) => n,
+        };
+        match next {
+            None => break Ok(()),
+            Some(Err(e)) => {
+                break Err(read_error(format!(
+                    "stream broke after {read} of {size} bytes: {}",
+                    crate::auth::error_chain(&e)
+                )));
+            }
+            Some(Ok(chunk)) => {
+                read += chunk.len() as u64;
+                if read > size {
+                    break Err(TransferError::new(
+                        FailureReason::SourceCorrupt,
+                        format!(
+                            "cloud '{}': image {} sent more bytes than its size {size}",
+                            source.cloud(),
+                            image.id
+                        ),
+                    ));
+                }
+                progress.advance(chunk.len() as u64);
+                hasher.feed(chunk.clone()).await;
+                if let Some(previous) = held.replace(chunk) {
+                    for lane in lanes.iter_mut() {
+                        lane.send(previous.clone(), settings.stall_timeout).await;
+                    }
+                }
+                if !lanes.iter().any(Lane::is_open) {
+                    break Ok(()); // every target failed: stop reading
+                }
+            }
+        }
+    };
+    let digests = hasher.finish().await;
+    let verdict = outcome.and_then(|()| {
+        if !lanes.iter().any(Lane::is_open) {
+            // Every upload ended early; their own errors say why.
+            return Ok(digests.clone());
+        }
+        verify::check_against_source(&digests, image).map_err(|e| {
+            TransferError::new(
+                FailureReason::SourceCorrupt,
+                format!(
+                    "cloud '{}': image {} ('{}'): {e}; nothing was made active on any target",
+                    source.cloud(),
+                    image.id,
+                    image.name.as_deref().unwrap_or("")
+                ),
+            )
+        })?;
+        Ok(digests)
+    });
+    match &verdict {
+        Ok(_) => {
+            if let Some(last) = held {
+                for lane in lanes.iter_mut() {
+                    lane.send(last.clone(), settings.stall_timeout).await;
+                }
+            }
+            for lane in lanes.iter_mut() {
+                lane.tx = None; // end of body
+            }
+        }
+        Err(_) => lanes.iter_mut().for_each(Lane::abort),
+    }
+    verdict
+}
+
+/// After a successful upload: read the copy back, check it, then protect it if the source is.
+async fn finish_copy(t: &CopyTarget, digests: &Digests) -> Result<(), TransferError> {
+    let cloud = t.client.cloud();
+    let copy = t
+        .client
+        .get_image(&t.target_id)
+        .await
+        .map_err(|e| TransferError::new(FailureReason::Verification, e))?;
+    verify::check_copy(digests, &copy).map_err(|e| {
+        TransferError::new(
+            FailureReason::Verification,
+            format!(
+                "cloud '{cloud}': copy {} failed verification: {e}",
+                t.target_id
+            ),
+        )
+    })?;
+    if t.protect {
+        let op = PatchOp {
+            op: "replace",
+            path: "/protected".into(),
+            value: Some(Value::from(true)),
+        };
+        t.client
+            .patch_image(&t.target_id, &[op])
+            .await
+            .map_err(|e| TransferError::new(FailureReason::TargetMetadata, e))?;
+    }
+    Ok(())
+}
+
+/// Deletes our image after a failed copy, so no half-made or unverified image stays behind.
+async fn remove_failed_copy(t: &CopyTarget) -> bool {
+    let started = Instant::now();
+    // An aborted upload puts the image back to `queued` within a moment; a delete during `saving`
+    // is allowed too, so no wait is needed.
+    match t.client.delete_image(&t.target_id).await {
+        Ok(()) => true,
+        Err(e) if e.status() == Some(404) => true,
+        Err(e) => {
+            tracing::warn!(
+                cloud = t.client.cloud(),
+                image = %t.target_id,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "could not delete the failed copy; the next run deletes it: {e}"
+            );
+            false
+        }
+    }
+}

@@ -1,0 +1,343 @@
+//! Verification: digests computed while bytes stream past, and the checks that decide whether a copy
+//! may exist at all.
+//!
+//! MD5 and the multihash each run on a thread of their own, fed through bounded channels of
+//! reference-counted chunks (no copies), so hashing runs beside the network I/O instead of after it.
+//! On this machine's hardware one SHA-512 stream is the ceiling of a verified copy
+//! (docs: performance-limits.md).
+
+use bytes::Bytes;
+use md5::Md5;
+use sha2::{Digest, Sha256, Sha384, Sha512};
+use tokio::sync::mpsc;
+
+use crate::image::Image;
+
+/// Chunks queued per hashing thread. Bounds memory, lets the I/O side run ahead a little.
+const HASH_QUEUE_CHUNKS: usize = 16;
+
+/// The algorithms we can compute for `os_hash_value`.
+pub const SUPPORTED_ALGOS: &[&str] = &["sha512", "sha384", "sha256"];
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digests {
+    pub size: u64,
+    pub md5: String,
+    /// The multihash algorithm computed (the source's if we support it, else sha512).
+    pub algo: String,
+    pub value: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum VerifyError {
+    #[error("received {got} bytes but the source image has size {expected}")]
+    SizeMismatch { expected: u64, got: u64 },
+    #[error(
+        "MD5 of the bytes read is {got}, the source's checksum is {expected}: the data is corrupt"
+    )]
+    Md5Mismatch { expected: String, got: String },
+    #[error(
+        "{algo} of the bytes read is {got}, the source's os_hash_value is {expected}: the data is corrupt"
+    )]
+    HashMismatch {
+        algo: String,
+        expected: String,
+        got: String,
+    },
+    #[error(
+        "{what} has no digest we can compare (checksum or os_hash_value with algorithm {algo})"
+    )]
+    Unverifiable { what: String, algo: String },
+    #[error("the copy's status is '{status}' after upload, not 'active'")]
+    NotActive { status: String },
+    #[error("the copy's {field} is {got:?} after upload, expected {expected}")]
+    CopyDiffers {
+        field: &'static str,
+        expected: String,
+        got: Option<String>,
+    },
+}
+
+/// Which multihash to compute while copying `source`.
+pub fn algo_for(source: &Image) -> &'static str {
+    source
+        .os_hash_algo
+        .as_deref()
+        .and_then(|a| SUPPORTED_ALGOS.iter().find(|s| **s == a))
+        .copied()
+        .unwrap_or("sha512")
+}
+
+enum MultiHasher {
+    Sha256(Sha256),
+    Sha384(Sha384),
+    Sha512(Sha512),
+}
+
+impl MultiHasher {
+    fn new(algo: &str) -> MultiHasher {
+        match algo {
+            "sha256" => MultiHasher::Sha256(Sha256::new()),
+            "sha384" => MultiHasher::Sha384(Sha384::new()),
+            _ => MultiHasher::Sha512(Sha512::new()),
+        }
+    }
+    fn update(&mut self, data: &[u8]) {
+        match self {
+            MultiHasher::Sha256(h) => h.update(data),
+            MultiHasher::Sha384(h) => h.update(data),
+            MultiHasher::Sha512(h) => h.update(data),
+        }
+    }
+    fn hex(self) -> String {
+        match self {
+            MultiHasher::Sha256(h) => hex(&h.finalize()),
+            MultiHasher::Sha384(h) => hex(&h.finalize()),
+            MultiHasher::Sha512(h) => hex(&h.finalize()),
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    base16ct::lower::encode_string(bytes)
+}
+
+/// Digests of a byte stream, computed on two threads while the stream flows.
+pub struct StreamHasher {
+    md5_tx: mpsc::Sender<Bytes>,
+    multi_tx: mpsc::Sender<Bytes>,
+    md5_thread: std::thread::JoinHandle<String>,
+    multi_thread: std::thread::JoinHandle<String>,
+    algo: &'static str,
+    size: u64,
+}
+
+impl StreamHasher {
+    pub fn start(algo: &'static str) -> StreamHasher {
+        let (md5_tx, mut md5_rx) = mpsc::channel::<Bytes>(HASH_QUEUE_CHUNKS);
+        let (multi_tx, mut multi_rx) = mpsc::channel::<Bytes>(HASH_QUEUE_CHUNKS);
+        let md5_thread = std::thread::Builder::new()
+            .name("hash-md5".into())
+            .spawn(move || {
+                let mut h = Md5::new();
+                while let Some(chunk) = md5_rx.blocking_recv() {
+                    h.update(&chunk);
+                }
+                hex(&h.finalize())
+            })
+            .expect("spawn hashing thread");
+        let multi_thread = std::thread::Builder::new()
+            .name(format!("hash-{algo}"))
+            .spawn(move || {
+                let mut h = MultiHasher::new(algo);
+                while let Some(chunk) = multi_rx.blocking_recv() {
+                    h.update(&chunk);
+                }
+                h.hex()
+            })
+            .expect("spawn hashing thread");
+        StreamHasher {
+            md5_tx,
+            multi_tx,
+            md5_thread,
+            multi_thread,
+            algo,
+            size: 0,
+        }
+    }
+
+    /// Queues a chunk for both digests; waits only when a hashing thread is behind.
+    pub async fn feed(&mut self, chunk: Bytes) {
+        self.size += chunk.len() as u64;
+        // The threads only stop when the senders are dropped, so these sends cannot fail.
+        let _ = self.md5_tx.send(chunk.clone()).await;
+        let _ = self.multi_tx.send(chunk).await;
+    }
+
+    /// Waits for both threads to digest everything fed so far.
+    pub async fn finish(self) -> Digests {
+        let StreamHasher {
+            md5_tx,
+            multi_tx,
+            md5_thread,
+            multi_thread,
+            algo,
+            size,
+        } = self;
+        drop(md5_tx);
+        drop(multi_tx);
+        let (md5, value) = tokio::task::spawn_blocking(move || {
+            (
+                md5_thread.join().expect("md5 thread"),
+                multi_thread.join().expect("hash thread"),
+            )
+        })
+        .await
+        .expect("join hashing threads");
+        Digests {
+            size,
+            md5,
+            algo: algo.to_string(),
+            value,
+        }
+    }
+}
+
+/// Whether the bytes read are exactly the source image's. At least one recorded digest must match.
+pub fn check_against_source(d: &Digests, source: &Image) -> Result<(), VerifyError> {
+    let expected_size = source.size.unwrap_or(0);
+    if d.size != expected_size {
+        return Err(VerifyError::SizeMismatch {
+            expected: expected_size,
+            got: d.size,
+        });
+    }
+    let mut compared = false;
+    if let Some(sum) = &source.checksum {
+        if !sum.eq_ignore_ascii_case(&d.md5) {
+            return Err(VerifyError::Md5Mismatch {
+                expected: sum.clone(),
+                got: d.md5.clone(),
+            });
+        }
+        compared = true;
+    }
+    if let (Some(algo), Some(value)) = (&source.os_hash_algo, &source.os_hash_value)
+        && *algo == d.algo
+    {
+        if !value.eq_ignore_ascii_case(&d.value) {
+            return Err(VerifyError::HashMismatch {
+                algo: algo.clone(),
+                expected: value.clone(),
+                got: d.value.clone(),
+            });
+        }
+        compared = true;
+    }
+    if compared {
+        Ok(())
+    } else {
+        Err(VerifyError::Unverifiable {
+            what: "the source image".into(),
+            algo: d.algo.clone(),
+        })
+    }
+}
+
+/// Whether the target stored exactly the bytes we sent: active, same size, and the digests its
+/// own server computed equal ours.
+pub fn check_copy(d: &Digests, copy: &Image) -> Result<(), VerifyError> {
+    if !copy.is_active() {
+        return Err(VerifyError::NotActive {
+            status: copy.status.clone(),
+        });
+    }
+    if copy.size != Some(d.size) {
+        return Err(VerifyError::CopyDiffers {
+            field: "size",
+            expected: d.size.to_string(),
+            got: copy.size.map(|s| s.to_string()),
+        });
+    }
+    let mut compared = false;
+    if let Some(sum) = &copy.checksum {
+        if !sum.eq_ignore_ascii_case(&d.md5) {
+            return Err(VerifyError::CopyDiffers {
+                field: "checksum",
+                expected: d.md5.clone(),
+                got: Some(sum.clone()),
+            });
+        }
+        compared = true;
+    }
+    if copy.os_hash_algo.as_deref() == Some(d.algo.as_str()) {
+        if !copy
+            .os_hash_value
+            .as_deref()
+            .is_some_and(|v| v.eq_ignore_ascii_case(&d.value))
+        {
+            return Err(VerifyError::CopyDiffers {
+                field: "os_hash_value",
+                expected: d.value.clone(),
+                got: copy.os_hash_value.clone(),
+            });
+        }
+        compared = true;
+    }
+    if compared {
+        Ok(())
+    } else {
+        Err(VerifyError::Unverifiable {
+            what: "the copy".into(),
+            algo: d.algo.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::tests::image;
+
+    async fn digest(chunks: &[&[u8]], algo: &'static str) -> Digests {
+        let mut h = StreamHasher::start(algo);
+        for c in chunks {
+            h.feed(Bytes::copy_from_slice(c)).await;
+        }
+        h.finish().await
+    }
+
+    #[tokio::test]
+    async fn digests_match_known_vectors_across_chunk_boundaries() {
+        let d = digest(&[b"a", b"bc"], "sha512").await;
+        assert_eq!(d.size, 3);
+        assert_eq!(d.md5, "900150983cd24fb0d6963f7d28e17f72");
+        assert!(d.value.starts_with("ddaf35a193617aba"));
+        let d = digest(&[b"abc"], "sha256").await;
+        assert_eq!(
+            d.value,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[tokio::test]
+    async fn corrupt_bytes_fail_the_source_check() {
+        let d = digest(&[b"abd"], "sha512").await;
+        let mut src = image("s", "x", "900150983cd24fb0d6963f7d28e17f72");
+        src.size = Some(3);
+        src.os_hash_value = None;
+        assert!(matches!(
+            check_against_source(&d, &src),
+            Err(VerifyError::Md5Mismatch { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn truncated_stream_fails_on_size_before_digests() {
+        let d = digest(&[b"ab"], "sha512").await;
+        let mut src = image("s", "x", "900150983cd24fb0d6963f7d28e17f72");
+        src.size = Some(3);
+        assert_eq!(
+            check_against_source(&d, &src),
+            Err(VerifyError::SizeMismatch {
+                expected: 3,
+                got: 2
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn copy_with_other_hash_algorithm_is_checked_by_md5() {
+        let d = digest(&[b"abc"], "sha512").await;
+        let mut copy = image("t", "x", "900150983cd24fb0d6963f7d28e17f72");
+        copy.size = Some(3);
+        copy.os_hash_algo = Some("sha256".into());
+        copy.os_hash_value = Some("whatever".into());
+        assert_eq!(check_copy(&d, &copy), Ok(()));
+        copy.checksum = None;
+        assert!(matches!(
+            check_copy(&d, &copy),
+            Err(VerifyError::Unverifiable { .. })
+        ));
+    }
+}
