@@ -27,9 +27,17 @@ impl Environment {
 
     #[cfg(test)]
     pub(crate) fn empty() -> Environment {
+        Environment::with(&[], vec![])
+    }
+
+    #[cfg(test)]
+    pub(crate) fn with(vars: &[(&str, &str)], search_dirs: Vec<PathBuf>) -> Environment {
         Environment {
-            vars: BTreeMap::new(),
-            search_dirs: vec![],
+            vars: vars
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            search_dirs,
         }
     }
 
@@ -219,13 +227,7 @@ mod tests {
     use super::*;
 
     fn env_with(dir: &Path, vars: &[(&str, &str)]) -> Environment {
-        Environment {
-            vars: vars
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            search_dirs: vec![dir.to_path_buf()],
-        }
+        Environment::with(vars, vec![dir.to_path_buf()])
     }
 
     #[test]

@@ -750,6 +750,35 @@ visibility = ["public", "community"]
     }
 
     #[test]
+    fn shipped_example_config_is_valid() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("clouds.yaml"),
+            "clouds:\n  dr:\n    auth:\n      auth_url: https://ks.dr:5000\n      \
+             username: u\n      password: p\n      project_name: images\n",
+        )
+        .unwrap();
+        let env = clouds_yaml::Environment::with(
+            &[
+                ("OS_AUTH_URL", "https://ks.env:5000/v3"),
+                ("OS_APPLICATION_CREDENTIAL_ID", "abc"),
+                ("OS_APPLICATION_CREDENTIAL_SECRET", "xyz"),
+                ("OS_AUTH_TYPE", "v3applicationcredential"),
+            ],
+            vec![dir.path().to_path_buf()],
+        );
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let cfg = Config::parse(&path, &text, &env).unwrap();
+        assert_eq!(cfg.clouds.len(), 5);
+        assert!(matches!(
+            cfg.clouds["env"].auth,
+            AuthConfig::ApplicationCredential { .. }
+        ));
+        assert_eq!(cfg.jobs[0].targets, vec!["dr", "lab"]);
+    }
+
+    #[test]
     fn every_cloud_and_auth_key_list_entry_is_a_field() {
         // The key lists drive what is kept from clouds.yaml; a typo there would silently drop a key.
         let mut cloud = serde_json::Map::new();
