@@ -1,0 +1,139 @@
+//! The same sync through a real Keystone: password auth, project-scoped token, each Glance found in
+//! the service catalog by region. Needs the Keystone that tests/run.sh starts (tests/harness/keystone.sh),
+//! whose catalog names Glance on 127.0.0.1:19392 (region-source) and :19393 (region-target).
+
+mod support;
+
+use serde_json::json;
+use support::glance_api::Api;
+use support::harness::RealGlance;
+use support::scenario::{assert_exact_copies, seed_source};
+use support::sync_cli::glance_sync;
+
+const PASSWORD: &str = "demo-secret";
+
+fn keystone_url() -> String {
+    std::env::var("KEYSTONE_URL").unwrap_or_else(|_| "http://127.0.0.1:15000".into())
+}
+
+/// A project-scoped token for the demo user, to seed the source as that user.
+async fn demo_token() -> String {
+    let body = json!({"auth": {
+        "identity": {"methods": ["password"], "password": {"user": {
+            "name": "demo", "domain": {"name": "Default"}, "password": PASSWORD}}},
+        "scope": {"project": {"name": "demo", "domain": {"name": "Default"}}}}});
+    let resp = reqwest::Client::new()
+        .post(format!("{}/v3/auth/tokens", keystone_url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap_or_else(|e| {
+            panic!(
+                "Keystone at {} (start it with tests/run.sh): {e}",
+                keystone_url()
+            )
+        });
+    assert_eq!(resp.status(), 201, "Keystone refused the demo user");
+    resp.headers()["x-subject-token"]
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+fn cloud(name: &str, region: &str) -> String {
+    format!(
+        "[clouds.{name}]\nauth_type = \"password\"\nregion_name = \"{region}\"\ninterface = \"public\"\n\
+         [clouds.{name}.auth]\nauth_url = \"{}/v3\"\nusername = \"demo\"\npassword = \"{PASSWORD}\"\n\
+         project_name = \"demo\"\nuser_domain_name = \"Default\"\nproject_domain_name = \"Default\"\n\n",
+        keystone_url()
+    )
+}
+
+#[tokio::test]
+#[ignore = "needs real Glance and Keystone: run tests/run.sh"]
+async fn sync_through_real_keystone_with_password_auth_and_catalog_endpoints() {
+    let env = [("GLANCE_AUTH", "keystone")];
+    let src = RealGlance::start_with("ks-src", Some(19392), &env);
+    let dst = RealGlance::start_with("ks-dst", Some(19393), &env);
+    let token = demo_token().await;
+    let (source, target) = (
+        Api::with_token(&src.url, &token),
+        Api::with_token(&dst.url, &token),
+    );
+    let seeded = seed_source(&source).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[state]\npath = \"{}\"\n\n{}{}[[jobs]]\nname = \"ks\"\nsource = \"prod\"\ntargets = [\"dr\"]\n",
+            dir.path().join("state.db").display(),
+            cloud("prod", "region-source"),
+            cloud("dr", "region-target"),
+        ),
+    )
+    .unwrap();
+
+    let check = glance_sync(&config, &["check"]).await;
+    check.assert_code(0);
+    assert!(
+        check
+            .stdout
+            .contains("prod: ok, image endpoint http://127.0.0.1:19392"),
+        "{}",
+        check.stdout
+    );
+    assert!(
+        check
+            .stdout
+            .contains("dr: ok, image endpoint http://127.0.0.1:19393"),
+        "{}",
+        check.stdout
+    );
+
+    let run = glance_sync(&config, &["-v", "run"]).await;
+    run.assert_code(0);
+    assert_exact_copies(&source, &target, &seeded, "prod").await;
+
+    // Copies belong to the project the credentials are scoped to.
+    for img in target.list_all().await {
+        assert_eq!(
+            img["owner"],
+            source.get(seeded.kernel_id.as_str()).await["owner"]
+        );
+    }
+
+    // No secret in anything the operator sees, even at debug level.
+    for (what, text) in [
+        ("check stdout", &check.stdout),
+        ("run stdout", &run.stdout),
+        ("run stderr", &run.stderr),
+    ] {
+        assert!(!text.contains(PASSWORD), "{what} shows the password");
+        assert!(!text.contains("gAAAAA"), "{what} shows a Fernet token");
+    }
+    let db = std::fs::read(dir.path().join("state.db")).unwrap();
+    assert!(
+        !db.windows(PASSWORD.len()).any(|w| w == PASSWORD.as_bytes()),
+        "state database holds the password"
+    );
+
+    // A wrong password is reported as a Keystone refusal, naming the cloud.
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replacen(PASSWORD, "wrong-password", 1),
+    )
+    .unwrap();
+    let bad = glance_sync(&config, &["check"]).await;
+    bad.assert_code(1);
+    assert!(
+        bad.stdout
+            .contains("prod: FAILED: cloud 'prod': Keystone at")
+            && bad.stdout.contains("refused the credentials (HTTP 401)"),
+        "{}",
+        bad.stdout
+    );
+}
