@@ -449,12 +449,12 @@ impl Execution<'_> {
             ),
             None if action.writes() => tracing::info!(
                 job = %self.job.name, image = %name, source_id = %action.source_id,
-                target = %action.target, result = "done", seconds = format_args!("{seconds:.1}"),
+                target = %action.target, result = result_word(&action.kind), seconds = format_args!("{seconds:.1}"),
                 "'{name}' on {}: {}", action.target, action.describe()
             ),
-            None => tracing::debug!(
+            None => tracing::info!(
                 job = %self.job.name, image = %name, source_id = %action.source_id,
-                target = %action.target,
+                target = %action.target, result = result_word(&action.kind),
                 "'{name}' on {}: {}", action.target, action.describe()
             ),
         }
@@ -463,5 +463,19 @@ impl Execution<'_> {
             error,
             seconds,
         })
+    }
+}
+
+/// The `result` field of a log line: one word per kind of outcome, for log queries.
+fn result_word(kind: &ActionKind) -> &'static str {
+    match kind {
+        ActionKind::Copy { .. } => "copied",
+        ActionKind::UpdateMetadata { .. } => "updated",
+        ActionKind::Deactivate { .. } => "deactivated",
+        ActionKind::Reactivate { .. } => "reactivated",
+        ActionKind::InSync { foreign: false, .. } => "in_sync",
+        ActionKind::InSync { foreign: true, .. } => "in_sync_foreign",
+        ActionKind::DeleteHalfMade { .. } => "deleted_unfinished",
+        ActionKind::Skip { .. } => "skipped",
     }
 }
