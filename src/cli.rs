@@ -112,11 +112,14 @@ pub fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let log_format = cli.log_format;
     match runtime.block_on(dispatch(cli, progress)) {
         Ok(code) => code,
         Err(f) => {
-            tracing::error!("{:#}", f.error);
-            eprintln!("glance-sync: {:#}", f.error);
+            match log_format {
+                LogFormat::Json => tracing::error!("{:#}", f.error),
+                LogFormat::Text => eprintln!("glance-sync: {:#}", f.error),
+            }
             ExitCode::from(f.code)
         }
     }

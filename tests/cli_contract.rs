@@ -1,0 +1,157 @@
+//! The command-line contract operators and scripts rely on: exit codes, where the config comes
+//! from, refusal of a second run on the same state, log formats.
+
+mod support;
+
+use std::time::Duration;
+
+use support::fake_glance::{FakeGlance, Faults, ImageData, ImageSpec};
+use support::sync_cli::{glance_sync, write_config};
+
+#[tokio::test]
+async fn invalid_config_exits_2_naming_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &[("a", "http://127.0.0.1:1"), ("b", "http://127.0.0.1:2")],
+        "a",
+        &["b"],
+        "[transfer]\nmax_paralel_images = 3\n",
+    );
+    let run = glance_sync(&cfg, &["run"]).await;
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains(&cfg.display().to_string()),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains("max_paralel_images"), "{}", run.stderr);
+    assert!(run.stderr.contains("line 18"), "{}", run.stderr);
+    assert!(!dir.path().join("state.db").exists(), "nothing touched");
+}
+
+#[tokio::test]
+async fn job_naming_an_unknown_cloud_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &[("a", "http://127.0.0.1:1")],
+        "a",
+        &["nowhere"],
+        "",
+    );
+    let run = glance_sync(&cfg, &["plan"]).await;
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("target 'nowhere' is not a cloud"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test]
+async fn unknown_job_on_the_command_line_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &[("a", "http://127.0.0.1:1"), ("b", "http://127.0.0.1:2")],
+        "a",
+        &["b"],
+        "",
+    );
+    let run = glance_sync(&cfg, &["run", "--job", "nope"]).await;
+    run.assert_code(2);
+    assert!(run.stderr.contains("no job named 'nope'"), "{}", run.stderr);
+}
+
+#[tokio::test]
+async fn config_path_comes_from_the_environment_when_not_given() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_glance-sync"))
+        .arg("status")
+        .env("GLANCE_SYNC_CONFIG", "/nonexistent/glance-sync.toml")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("/nonexistent/glance-sync.toml"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_run_on_the_same_state_is_refused_while_the_first_runs() {
+    let source = FakeGlance::start().await;
+    source.add_image(ImageSpec::new("slow", ImageData::synthetic(8 << 20, 1)));
+    // The download stops after 1 MiB but the connection stays open: the first run sits mid-copy.
+    source.set_faults(Faults {
+        stall_at: Some(1 << 20),
+        ..Faults::default()
+    });
+    let target = FakeGlance::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &[("prod", &source.url), ("dr", &target.url)],
+        "prod",
+        &["dr"],
+        "[transfer]\nstall_timeout = \"30s\"\n",
+    );
+    let mut first = tokio::process::Command::new(env!("CARGO_BIN_EXE_glance-sync"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("run")
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !source.request_log().iter().any(|r| r.contains("/file")) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "first run never started copying"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let second = glance_sync(&cfg, &["run"]).await;
+    second.assert_code(2);
+    assert!(
+        second.stderr.contains("in use by another glance-sync run"),
+        "{}",
+        second.stderr
+    );
+    // Reading is still allowed meanwhile.
+    glance_sync(&cfg, &["status"]).await.assert_code(0);
+    first.kill().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_are_one_object_per_line_with_the_result_fields() {
+    let source = FakeGlance::start().await;
+    source.add_image(ImageSpec::new(
+        "tiny",
+        ImageData::Bytes(vec![7u8; 4096].into()),
+    ));
+    let target = FakeGlance::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &[("prod", &source.url), ("dr", &target.url)],
+        "prod",
+        &["dr"],
+        "",
+    );
+    let run = glance_sync(&cfg, &["--log-format", "json", "run"]).await;
+    run.assert_code(0);
+    let lines: Vec<serde_json::Value> = run
+        .stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect();
+    let copied = lines
+        .iter()
+        .find(|l| l["result"] == "copied")
+        .unwrap_or_else(|| panic!("no copied line in {lines:?}"));
+    assert_eq!(copied["image"], "tiny");
+    assert_eq!(copied["target"], "dr");
+    assert_eq!(copied["size"], 4096);
+    assert!(copied.get("mb_per_s").is_some() && copied.get("seconds").is_some());
+}
