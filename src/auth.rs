@@ -302,6 +302,7 @@ impl CloudSession {
             .filter(|svc| svc["type"] == "image")
             .flat_map(|svc| svc["endpoints"].as_array().into_iter().flatten());
         let mut available = Vec::new();
+        let mut matching: Vec<(&str, &str)> = Vec::new();
         for ep in endpoints {
             let interface = ep["interface"].as_str().unwrap_or("");
             let region = ep["region_id"]
@@ -318,8 +319,30 @@ impl CloudSession {
                 && region_ok
                 && let Some(url) = ep["url"].as_str()
             {
-                return Ok(normalise_endpoint(url));
+                matching.push((region, url));
             }
+        }
+        match matching.as_slice() {
+            [(_, url)] => return Ok(normalise_endpoint(url)),
+            [(first_region, url), rest @ ..] => {
+                // Picking one region at random could copy images into the wrong one.
+                if rest.iter().all(|(r, _)| r == first_region) {
+                    return Ok(normalise_endpoint(url));
+                }
+                return Err(AuthError::Protocol {
+                    cloud: self.name.clone(),
+                    url: "the service catalog".into(),
+                    message: format!(
+                        "image endpoints in several regions ({}): set region_name for this cloud",
+                        matching
+                            .iter()
+                            .map(|(r, _)| *r)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                });
+            }
+            [] => {}
         }
         Err(AuthError::NoEndpoint {
             cloud: self.name.clone(),

@@ -179,7 +179,23 @@ impl Engine {
             state,
             sources: &sources,
         };
-        let results = exec.execute(job_plan.plan.actions).await?;
+        let results = match exec.execute(job_plan.plan.actions).await {
+            Ok(r) => r,
+            Err(e) => {
+                // The database itself failed: try to close the run record anyway.
+                let _ = state.finish_run(
+                    run_id,
+                    &RunSummary {
+                        result: "failure",
+                        images_copied: 0,
+                        bytes_copied: 0,
+                        images_failed: 0,
+                        error: Some(e.to_string()),
+                    },
+                );
+                return Err(e);
+            }
+        };
 
         let copied: Vec<&ActionResult> = results
             .iter()
@@ -350,7 +366,7 @@ impl Execution<'_> {
                     );
                 }
                 Some(e) => {
-                    if outcome.cleaned_up {
+                    if outcome.removed {
                         self.state
                             .record_deleted(&action.target, &outcome.target_id)?;
                     }

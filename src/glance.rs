@@ -2,7 +2,7 @@
 //! cloud, the operation and the image.
 //!
 //! Requests without a body stream are retried once after a 401 with a renewed token. Uploads are not
-//! (their body is consumed); the transfer pipeline restarts them instead.
+//! (their body is consumed): a refused upload fails that copy, and the next run copies it again.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -199,9 +199,20 @@ impl GlanceClient {
     pub async fn download(&self, id: &str) -> Result<Response, GlanceError> {
         let operation = format!("download image {id}");
         let path = format!("/v2/images/{id}/file");
-        let resp = self
-            .send_streaming(&operation, Method::GET, |b| b, &path)
-            .await?;
+        // No whole-request timeout (the body may take hours), but the headers must come in time.
+        let resp = tokio::time::timeout(
+            self.session.api_timeout(),
+            self.send_streaming(&operation, Method::GET, |b| b, &path),
+        )
+        .await
+        .map_err(|_| GlanceError::Transport {
+            cloud: self.cloud().to_string(),
+            operation: operation.clone(),
+            message: format!(
+                "no response within {} s (api_timeout)",
+                self.session.api_timeout().as_secs()
+            ),
+        })??;
         if resp.status() != StatusCode::OK {
             return Err(self.protocol(
                 &operation,

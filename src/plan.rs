@@ -101,8 +101,8 @@ pub enum ActionKind {
     },
     InSync {
         target_id: String,
-        /// The image holding this identity on the target was not created by glance-sync; it is
-        /// never modified.
+        /// The image holding this identity on the target was not created by glance-sync for this
+        /// source image; it is never modified.
         foreign: bool,
     },
     /// One of our images whose upload never finished (queued or saving): deleted before copying.
@@ -131,7 +131,8 @@ impl Action {
             ActionKind::Reactivate { .. } => "reactivate (source is active again)".into(),
             ActionKind::InSync { foreign: false, .. } => "in sync".into(),
             ActionKind::InSync { foreign: true, .. } => {
-                "in sync (foreign image: not created by glance-sync, left untouched)".into()
+                "in sync (foreign image: not created by glance-sync for this image, left untouched)"
+                    .into()
             }
             ActionKind::DeleteHalfMade { status, .. } => {
                 format!("delete our unfinished copy (status {status})")
@@ -175,8 +176,12 @@ fn ineligibility(image: &Image) -> Option<String> {
     if image.size.unwrap_or(0) == 0 {
         return Some("no data (size 0), e.g. a volume-backed snapshot".into());
     }
-    if image.checksum.is_none() && image.os_hash_value.is_none() {
-        return Some("no checksum or os_hash_value: its bytes could not be verified".into());
+    if !crate::verify::source_is_verifiable(image) {
+        return Some(format!(
+            "no checksum, and no os_hash_value in an algorithm glance-sync computes ({}): \
+             its bytes could not be verified",
+            crate::verify::SUPPORTED_ALGOS.join(", ")
+        ));
     }
     if image.disk_format.is_none() || image.container_format.is_none() {
         return Some("no disk_format or container_format".into());
@@ -202,11 +207,15 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
         .filter(|i| job.filter.selects(i))
         .collect();
     let not_selected = input.source_images.len() - sources.len();
-    // Oldest first, so that among duplicates the original is the one replicated.
-    sources.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
+    // Active before deactivated, then oldest first: among duplicates, the original that can still
+    // be read is the one replicated.
+    sources.sort_by(|a, b| {
+        (a.is_deactivated(), &a.created_at, &a.id).cmp(&(b.is_deactivated(), &b.created_at, &b.id))
+    });
 
     // Source-level verdicts: ineligible, or duplicate of an earlier image with the same identity.
     let mut source_skip: HashMap<&str, String> = HashMap::new();
+    let mut duplicate_of: HashMap<&str, &str> = HashMap::new();
     let mut first_with_identity: Vec<&Image> = Vec::new();
     for s in &sources {
         if let Some(reason) = ineligibility(s) {
@@ -216,6 +225,7 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
                 &s.id,
                 format!("same name and data as source image {}", orig.id),
             );
+            duplicate_of.insert(&s.id, &orig.id);
         } else {
             first_with_identity.push(s);
         }
@@ -254,7 +264,7 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
                 .ledger
                 .copy_of(target, &s.id)
                 .and_then(|id| by_id.get(id).copied())
-                .filter(|c| c.is_established() && same_content(s, c));
+                .filter(|c| owns(c) && c.is_established() && same_content(s, c));
             let candidates: Vec<&Image> = images
                 .iter()
                 .filter(|c| c.is_established() && same_identity(s, c))
@@ -265,14 +275,13 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
                     .copied()
                     .find(|c| owns(c) && c.marker() == Some((job.source.as_str(), s.id.as_str())))
             };
+            // Any other image holding the identity, even one we made for another source image
+            // or another job's source, is left untouched: patching it for this source image
+            // would start a tug-of-war.
             let decision = if let Some(c) = mapped.or_else(ours_by_marker) {
                 Decision::Ours(c)
             } else if let Some(c) = candidates.first() {
-                if owns(c) {
-                    Decision::Ours(c)
-                } else {
-                    Decision::Foreign(c)
-                }
+                Decision::Foreign(c)
             } else if s.is_deactivated() {
                 Decision::Skip("deactivated on the source and never copied".into())
             } else {
@@ -285,6 +294,7 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
     for s in &sources {
         for target in &job.targets {
             let copy_id_of = |source_ref: &str| -> Option<String> {
+                let source_ref = duplicate_of.get(source_ref).copied().unwrap_or(source_ref);
                 match decisions.get(&(target.as_str(), source_ref))? {
                     Decision::Ours(c) | Decision::Foreign(c) => Some(c.id.clone()),
                     Decision::Copy(id) => Some(id.clone()),
@@ -458,7 +468,9 @@ mod tests {
         );
         assert_eq!(
             kinds(&p),
-            vec!["s1@a: in sync (foreign image: not created by glance-sync, left untouched)"]
+            vec![
+                "s1@a: in sync (foreign image: not created by glance-sync for this image, left untouched)"
+            ]
         );
     }
 
@@ -636,5 +648,64 @@ mod tests {
         ledger.record_owned("a", "gone");
         let p = run(&job(&["a"]), &[s], &[("a", vec![])], &ledger);
         assert_eq!(kinds(&p), vec!["s1@a: copy"]);
+    }
+
+    #[test]
+    fn a_state_mapping_to_an_image_we_do_not_own_never_leads_to_a_patch() {
+        let s = image("s1", "ubuntu", "m1");
+        let mut foreign = s.clone();
+        foreign.id = "f1".into();
+        foreign.tags = vec!["theirs".into()];
+        let mut ledger = Ledger::default();
+        ledger.record_copy("a", "s1", "f1"); // but never owned
+        let p = run(&job(&["a"]), &[s], &[("a", vec![foreign])], &ledger);
+        assert!(p.actions.iter().all(|a| !a.writes()), "{:?}", kinds(&p));
+    }
+
+    #[test]
+    fn our_copy_made_for_another_source_image_is_left_untouched() {
+        let s = image("s1", "ubuntu", "m1");
+        let mut other_copy = copy_of(&s, "t9");
+        other_copy
+            .extra
+            .insert("glance_sync_source_id".into(), "someone-else".into());
+        other_copy.tags = vec!["drifted".into()];
+        let mut ledger = Ledger::default();
+        ledger.record_owned("a", "t9");
+        let p = run(&job(&["a"]), &[s], &[("a", vec![other_copy])], &ledger);
+        assert_eq!(p.actions.len(), 1);
+        assert!(matches!(
+            p.actions[0].kind,
+            ActionKind::InSync { foreign: true, .. }
+        ));
+    }
+
+    #[test]
+    fn a_deactivated_duplicate_does_not_hide_the_active_original() {
+        let mut old = image("old", "ubuntu", "m1");
+        old.status = "deactivated".into();
+        let mut new = image("new", "ubuntu", "m1");
+        new.created_at = Some("2026-05-01T00:00:00Z".into());
+        let p = run(
+            &job(&["a"]),
+            &[old, new],
+            &[("a", vec![])],
+            &Ledger::default(),
+        );
+        let k = kinds(&p);
+        assert!(k.contains(&"new@a: copy".to_string()), "{k:?}");
+    }
+
+    #[test]
+    fn an_image_hashed_with_an_algorithm_we_cannot_compute_and_no_md5_is_skipped() {
+        let mut s = image("s1", "x", "m");
+        s.checksum = None;
+        s.os_hash_algo = Some("sha3_512".into());
+        let p = run(&job(&["a"]), &[s], &[("a", vec![])], &Ledger::default());
+        assert!(
+            kinds(&p)[0].contains("skipped: no checksum"),
+            "{:?}",
+            kinds(&p)
+        );
     }
 }

@@ -131,7 +131,9 @@ impl State {
         let mut conn = Connection::open(path).map_err(|e| sql(path, e))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| sql(path, e))?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
+        // FULL: the ledger row written before a create must survive a power cut, or the image
+        // it names would be orphaned. Writes are few; the cost does not matter.
+        conn.pragma_update(None, "synchronous", "FULL")
             .map_err(|e| sql(path, e))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(|e| sql(path, e))?;
@@ -226,9 +228,11 @@ impl State {
                 let (t, id) = row?;
                 ledger.record_owned(&t, &id);
             }
+            // A mapping counts only while the image it names is in the ownership ledger.
             let mut copies = c.prepare(
-                "SELECT target_cloud, source_id, target_id FROM replicas
-                 WHERE source_cloud = ?1 AND target_id IS NOT NULL AND foreign_image = 0",
+                "SELECT r.target_cloud, r.source_id, r.target_id FROM replicas r
+                 JOIN owned_images o ON o.target_cloud = r.target_cloud AND o.target_id = r.target_id
+                 WHERE r.source_cloud = ?1 AND r.foreign_image = 0 AND o.deleted_at IS NULL",
             )?;
             for row in copies.query_map([source_cloud], |r| {
                 Ok((
@@ -313,7 +317,9 @@ impl State {
                  ON CONFLICT (source_cloud, source_id, target_cloud) DO UPDATE SET
                     job = excluded.job, name = excluded.name, identity = excluded.identity,
                     target_id = COALESCE(excluded.target_id, replicas.target_id),
-                    foreign_image = excluded.foreign_image, state = excluded.state,
+                    foreign_image = CASE WHEN excluded.target_id IS NULL THEN replicas.foreign_image
+                                         ELSE excluded.foreign_image END,
+                    state = excluded.state,
                     bytes = CASE WHEN excluded.bytes > 0 THEN excluded.bytes ELSE replicas.bytes END,
                     attempts = CASE WHEN excluded.state = 'failed' THEN replicas.attempts ELSE 0 END,
                     last_error = excluded.last_error, updated_at = excluded.updated_at,

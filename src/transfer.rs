@@ -14,7 +14,7 @@
 //! so Glance never sees a complete body and never makes the image active.
 
 use std::io;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -85,8 +85,9 @@ pub struct CopyOutcome {
     pub target: String,
     pub target_id: String,
     pub result: Result<(), TransferError>,
-    /// Whether our half-made image was deleted after a failure (false: it may still exist).
-    pub cleaned_up: bool,
+    /// Our image is known to be gone (deleted after a failure). When false after a failure, it may
+    /// still exist; it stays in the ownership ledger and the next run's plan deals with it.
+    pub removed: bool,
 }
 
 /// Reports bytes as they flow, e.g. to a progress bar.
@@ -118,7 +119,7 @@ pub async fn copy_image(
                 target: t.client.cloud().to_string(),
                 target_id: t.target_id,
                 result: Err(err.clone()),
-                cleaned_up: true,
+                removed: false,
             })
             .collect::<Vec<_>>()
     };
@@ -156,8 +157,8 @@ pub async fn copy_image(
                 target: t.client.cloud().to_string(),
                 target_id: t.target_id,
                 result: Err(TransferError::new(FailureReason::TargetCreate, e)),
-                // Nothing was created, or a create we cannot see: the next run's plan finds it.
-                cleaned_up: true,
+                // A create that timed out may still have happened: keep the id in the ledger.
+                removed: false,
             }),
         }
     }
@@ -172,39 +173,35 @@ pub async fn copy_image(
 
     let streamed = pump(source, image, response, &mut lanes, settings, progress).await;
 
-    let mut uploaded = Vec::new();
-    for (t, lane) in live.into_iter().zip(lanes) {
-        let lane_error = lane.error.clone();
-        let upload = lane.task.await.unwrap_or_else(|e| {
-            Err(crate::glance::GlanceError::Protocol {
-                cloud: t.client.cloud().to_string(),
-                operation: "upload".into(),
-                message: format!("upload task failed: {e}"),
-            })
-        });
-        let result = match (&streamed, lane_error, upload) {
-            (Err(e), _, _) => Err(e.clone()),
-            (Ok(_), Some(e), _) => Err(e),
-            (Ok(_), None, Err(e)) => Err(TransferError::new(FailureReason::TargetUpload, e)),
-            (Ok(d), None, Ok(())) => Ok(d.clone()),
-        };
-        uploaded.push((t, result));
-    }
-
-    let finished = join_all(uploaded.into_iter().map(|(t, r)| async move {
-        let result = match r {
-            Ok(digests) => finish_copy(&t, &digests).await,
-            Err(e) => Err(e),
-        };
-        let cleaned_up = match &result {
-            Ok(()) => true,
-            Err(_) => remove_failed_copy(&t).await,
-        };
-        CopyOutcome {
-            target: t.client.cloud().to_string(),
-            target_id: t.target_id,
-            result,
-            cleaned_up,
+    let finished = join_all(live.into_iter().zip(lanes).map(|(t, lane)| {
+        let streamed = &streamed;
+        async move {
+            let upload = lane.finish(&t, settings.stall_timeout).await;
+            let verified = match (streamed, upload) {
+                (Err(e), _) => Err(e.clone()),
+                (Ok(_), Err(e)) => Err(e),
+                (Ok(None), Ok(())) => Err(TransferError::new(
+                    FailureReason::TargetUpload,
+                    format!(
+                        "cloud '{}': upload of image {} ended before all bytes were sent",
+                        t.client.cloud(),
+                        t.target_id
+                    ),
+                )),
+                (Ok(Some(digests)), Ok(())) => check_copy(&t, digests).await,
+            };
+            let (result, removed) = match verified {
+                // Verified bytes: a failure to protect the copy leaves it in place; the next
+                // run's metadata patch sets `protected`.
+                Ok(()) => (protect(&t).await, false),
+                Err(e) => (Err(e), remove_failed_copy(&t).await),
+            };
+            CopyOutcome {
+                target: t.client.cloud().to_string(),
+                target_id: t.target_id,
+                result,
+                removed,
+            }
         }
     }))
     .await;
@@ -218,6 +215,7 @@ struct Lane {
     abort: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), crate::glance::GlanceError>>,
     cloud: String,
+    target_id: String,
     /// Set when this lane was dropped by the pump (stalled target).
     error: Option<TransferError>,
 }
@@ -242,12 +240,14 @@ impl Lane {
             },
         ));
         let cloud = client.cloud().to_string();
-        let task = tokio::spawn(async move { client.upload(&target_id, size, body).await });
+        let id = target_id.clone();
+        let task = tokio::spawn(async move { client.upload(&id, size, body).await });
         Lane {
             tx: Some(tx),
             abort,
             task,
             cloud,
+            target_id,
             error: None,
         }
     }
@@ -267,8 +267,9 @@ impl Lane {
                 self.error = Some(TransferError::new(
                     FailureReason::TargetUpload,
                     format!(
-                        "cloud '{}': upload stalled: the target accepted no data for {} s",
+                        "cloud '{}': upload of image {} stalled: the target accepted no data for {} s",
                         self.cloud,
+                        self.target_id,
                         stall.as_secs()
                     ),
                 ));
@@ -282,6 +283,42 @@ impl Lane {
         self.abort.cancel();
         self.tx = None;
     }
+
+    /// Waits for the upload's answer. A target that took every byte but does not answer within
+    /// `stall` is given up on: dropping the request closes its connection.
+    async fn finish(self, t: &CopyTarget, stall: Duration) -> Result<(), TransferError> {
+        let Lane {
+            task, error, tx, ..
+        } = self;
+        drop(tx);
+        if let Some(e) = error {
+            task.abort();
+            return Err(e);
+        }
+        let upload_error = |message: String| {
+            TransferError::new(
+                FailureReason::TargetUpload,
+                format!(
+                    "cloud '{}': upload of image {}: {message}",
+                    t.client.cloud(),
+                    t.target_id
+                ),
+            )
+        };
+        let abort = task.abort_handle();
+        match tokio::time::timeout(stall, task).await {
+            Ok(Ok(Ok(()))) => Ok(()),
+            Ok(Ok(Err(e))) => Err(TransferError::new(FailureReason::TargetUpload, e)),
+            Ok(Err(join)) => Err(upload_error(format!("upload task failed: {join}"))),
+            Err(_) => {
+                abort.abort();
+                Err(upload_error(format!(
+                    "no answer within {} s after the body was sent",
+                    stall.as_secs()
+                )))
+            }
+        }
+    }
 }
 
 /// Moves the source's bytes into every open lane, then verifies them before releasing the last chunk.
@@ -292,7 +329,7 @@ async fn pump(
     lanes: &mut [Lane],
     settings: &Settings,
     progress: &dyn ProgressSink,
-) -> Result<Digests, TransferError> {
+) -> Result<Option<Digests>, TransferError> {
     let size = image.size.unwrap_or(0);
     let read_error = |message: String| {
         TransferError::new(
@@ -355,7 +392,7 @@ async fn pump(
     let verdict = outcome.and_then(|()| {
         if !lanes.iter().any(Lane::is_open) {
             // Every upload ended early; their own errors say why.
-            return Ok(digests.clone());
+            return Ok(None);
         }
         verify::check_against_source(&digests, image).map_err(|e| {
             TransferError::new(
@@ -368,7 +405,7 @@ async fn pump(
                 ),
             )
         })?;
-        Ok(digests)
+        Ok(Some(digests))
     });
     match &verdict {
         Ok(_) => {
@@ -386,8 +423,8 @@ async fn pump(
     verdict
 }
 
-/// After a successful upload: read the copy back, check it, then protect it if the source is.
-async fn finish_copy(t: &CopyTarget, digests: &Digests) -> Result<(), TransferError> {
+/// After a successful upload: read the copy back and check what its server stored.
+async fn check_copy(t: &CopyTarget, digests: &Digests) -> Result<(), TransferError> {
     let cloud = t.client.cloud();
     let copy = t
         .client
@@ -402,7 +439,11 @@ async fn finish_copy(t: &CopyTarget, digests: &Digests) -> Result<(), TransferEr
                 t.target_id
             ),
         )
-    })?;
+    })
+}
+
+/// Sets `protected` on a verified copy whose source is protected.
+async fn protect(t: &CopyTarget) -> Result<(), TransferError> {
     if t.protect {
         let op = PatchOp {
             op: "replace",
@@ -419,7 +460,6 @@ async fn finish_copy(t: &CopyTarget, digests: &Digests) -> Result<(), TransferEr
 
 /// Deletes our image after a failed copy, so no half-made or unverified image stays behind.
 async fn remove_failed_copy(t: &CopyTarget) -> bool {
-    let started = Instant::now();
     // An aborted upload puts the image back to `queued` within a moment; a delete during `saving`
     // is allowed too, so no wait is needed.
     match t.client.delete_image(&t.target_id).await {
@@ -429,8 +469,7 @@ async fn remove_failed_copy(t: &CopyTarget) -> bool {
             tracing::warn!(
                 cloud = t.client.cloud(),
                 image = %t.target_id,
-                elapsed_ms = started.elapsed().as_millis() as u64,
-                "could not delete the failed copy; the next run deletes it: {e}"
+                "could not delete the failed copy; it stays in the ownership ledger: {e}"
             );
             false
         }

@@ -58,6 +58,17 @@ pub enum VerifyError {
     },
 }
 
+/// Whether the bytes of `source` can be checked at all: it has an MD5 checksum, or a multihash in
+/// an algorithm we compute. The planner skips the others instead of streaming them for nothing.
+pub fn source_is_verifiable(source: &Image) -> bool {
+    source.checksum.is_some()
+        || (source.os_hash_value.is_some()
+            && source
+                .os_hash_algo
+                .as_deref()
+                .is_some_and(|a| SUPPORTED_ALGOS.contains(&a)))
+}
+
 /// Which multihash to compute while copying `source`.
 pub fn algo_for(source: &Image) -> &'static str {
     source

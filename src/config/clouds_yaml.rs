@@ -48,9 +48,9 @@ impl Environment {
     /// The first file named `stem.{yaml,yml,json}` in the search path; `override_var` names an
     /// environment variable holding an explicit path that is looked at first.
     fn find(&self, override_var: &str, stem: &str) -> Option<PathBuf> {
-        if let Some(p) = self.var(override_var)
-            && Path::new(p).is_file()
-        {
+        // An explicit path wins even when it is wrong: the caller reports it missing rather than
+        // silently reading another file.
+        if let Some(p) = self.var(override_var) {
             return Some(PathBuf::from(p));
         }
         self.search_dirs.iter().find_map(|dir| {
@@ -266,7 +266,9 @@ mod tests {
             "clouds:\n  a: {}\n  b: {}\n",
         )
         .unwrap();
-        let err = merge_over("zz", &CloudEntry::default(), &env_with(dir.path(), &[])).unwrap_err();
+        let Err(err) = merge_over("zz", &CloudEntry::default(), &env_with(dir.path(), &[])) else {
+            panic!("a missing cloud must be an error")
+        };
         assert!(err.contains("it defines: a, b"), "{err}");
     }
 

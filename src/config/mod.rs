@@ -156,7 +156,8 @@ impl Filter {
 
 // ---- the file as written --------------------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
+// No Debug on the file's structs: they hold secrets as plain strings until resolved.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
     state: StateSection,
@@ -184,7 +185,7 @@ struct TransferSection {
 
 /// The keys of a clouds.yaml cloud entry that glance-sync understands, plus `cloud` to refer to one.
 /// Also the shape a clouds.yaml entry is read into (after dropping keys we do not use).
-#[derive(Debug, Default, Clone, Deserialize, Serialize)]
+#[derive(Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CloudEntry {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -205,7 +206,7 @@ pub(crate) struct CloudEntry {
     auth: AuthEntry,
 }
 
-#[derive(Debug, Default, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Default, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct AuthEntry {
     #[serde(skip_serializing_if = "Option::is_none")]
