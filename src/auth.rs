@@ -4,6 +4,7 @@
 //! renews the token before it expires and on demand after a 401, so a run of many hours keeps
 //! working. Token values never leave this module except as the `X-Auth-Token` header value.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use jiff::Timestamp;
@@ -14,6 +15,7 @@ use tokio::sync::Mutex;
 use crate::config::{
     AppCredentialRef, AuthConfig, CloudConfig, DomainRef, ProjectRef, TransferSettings, UserRef,
 };
+use crate::metrics::Metrics;
 
 /// keystoneauth renews a token that has less than this left; so do we.
 const MIN_TOKEN_LIFE: Duration = Duration::from_secs(120);
@@ -81,6 +83,7 @@ pub struct CloudSession {
     config: CloudConfig,
     http: reqwest::Client,
     api_timeout: Duration,
+    metrics: Arc<Metrics>,
     cached: Mutex<Option<Cached>>,
 }
 
@@ -88,6 +91,7 @@ impl CloudSession {
     pub fn new(
         config: CloudConfig,
         transfer: &TransferSettings,
+        metrics: Arc<Metrics>,
     ) -> Result<CloudSession, AuthError> {
         let tls_err = |message: String| AuthError::Tls {
             cloud: config.name.clone(),
@@ -118,6 +122,7 @@ impl CloudSession {
             config,
             http,
             api_timeout: transfer.api_timeout,
+            metrics,
             cached: Mutex::new(None),
         })
     }
@@ -128,6 +133,12 @@ impl CloudSession {
 
     pub fn api_timeout(&self) -> Duration {
         self.api_timeout
+    }
+
+    /// Counts one API request to this cloud.
+    pub fn observe(&self, operation: &str, status: Option<u16>, took: Duration) {
+        self.metrics
+            .observe_api(&self.name, operation, status, took);
     }
 
     /// A token with comfortable life left, and the image endpoint; authenticates when needed.
@@ -245,14 +256,20 @@ impl CloudSession {
             url: url.clone(),
             message,
         };
+        let started = std::time::Instant::now();
         let resp = self
             .http
             .post(&url)
             .timeout(self.api_timeout)
             .json(&body)
             .send()
-            .await
-            .map_err(|e| unreachable(error_chain(&e)))?;
+            .await;
+        self.observe(
+            "authenticate",
+            resp.as_ref().ok().map(|r| r.status().as_u16()),
+            started.elapsed(),
+        );
+        let resp = resp.map_err(|e| unreachable(error_chain(&e)))?;
         let status = resp.status();
         if !status.is_success() {
             let text = resp.text().await.unwrap_or_default();

@@ -8,10 +8,14 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use glance_sync::config::{Config, DEFAULT_CONFIG_PATH};
+use glance_sync::daemon;
 use glance_sync::engine::{Engine, JobPlan, JobReport};
+use glance_sync::metrics::Metrics;
 use glance_sync::plan::{ActionKind, Ledger};
 use glance_sync::progress::Progress;
 use glance_sync::state::State;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -44,7 +48,13 @@ enum Command {
         /// Only this job (repeatable). Default: every job.
         #[arg(long = "job")]
         jobs: Vec<String>,
+        /// Also write the run's metrics to this file (atomically), for node_exporter's textfile
+        /// collector.
+        #[arg(long, value_name = "PATH")]
+        metrics_textfile: Option<PathBuf>,
     },
+    /// Run every job on its schedule until stopped; serve metrics over HTTP.
+    Daemon,
     /// Show what `run` would do, per image and target. Writes nothing anywhere.
     Plan {
         #[arg(long = "job")]
@@ -150,21 +160,54 @@ fn init_logging(cli: &Cli, progress: &Progress) {
 async fn dispatch(cli: Cli, progress: Progress) -> Result<ExitCode, Failure> {
     let config = Config::load(&cli.config).map_err(usage)?;
     match cli.command {
-        Command::Run { jobs } => run(&config, &jobs, progress).await,
+        Command::Run {
+            jobs,
+            metrics_textfile,
+        } => run(&config, &jobs, progress, metrics_textfile.as_deref()).await,
+        Command::Daemon => daemon::run(config)
+            .await
+            .map(|()| ExitCode::SUCCESS)
+            .map_err(usage),
         Command::Plan { jobs, format } => plan(&config, &jobs, format).await,
         Command::Status { format } => status(&config, format),
         Command::Check => check(&config).await,
     }
 }
 
-async fn run(config: &Config, jobs: &[String], progress: Progress) -> Result<ExitCode, Failure> {
+async fn run(
+    config: &Config,
+    jobs: &[String],
+    progress: Progress,
+    metrics_textfile: Option<&Path>,
+) -> Result<ExitCode, Failure> {
     let jobs = config.select_jobs(jobs).map_err(usage)?;
-    let engine = Engine::new(config, progress).map_err(usage)?;
+    let metrics = Metrics::new();
+    let engine = Engine::new(config, progress, metrics.clone()).map_err(usage)?;
     let state = State::open(&config.state_path).map_err(usage)?;
+    // SIGTERM/SIGINT abort the transfers in flight and delete their half-made copies.
+    let cancel = CancellationToken::new();
+    tokio::spawn({
+        let cancel = cancel.clone();
+        async move {
+            let Ok(mut term) = signal(SignalKind::terminate()) else {
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::warn!("signal received: aborting transfers in flight and cleaning up");
+            cancel.cancel();
+        }
+    });
     let mut all_ok = true;
     for job in &jobs {
+        if cancel.is_cancelled() {
+            all_ok = false;
+            break;
+        }
         let started = std::time::Instant::now();
-        match engine.run_job(job, &state).await {
+        match engine.run_job(job, &state, &cancel).await {
             Ok(report) => {
                 all_ok &= !report.failed();
                 println!("{}", summary_line(&report, started.elapsed().as_secs_f64()));
@@ -175,6 +218,12 @@ async fn run(config: &Config, jobs: &[String], progress: Progress) -> Result<Exi
                 println!("job {}: failed: {e}", job.name);
             }
         }
+    }
+    if let Some(path) = metrics_textfile {
+        metrics
+            .write_textfile(path)
+            .with_context(|| format!("cannot write metrics textfile {}", path.display()))
+            .map_err(failed)?;
     }
     Ok(ExitCode::from(if all_ok { 0 } else { 1 }))
 }
@@ -222,7 +271,7 @@ fn summary_line(r: &JobReport, seconds: f64) -> String {
 
 async fn plan(config: &Config, jobs: &[String], format: Format) -> Result<ExitCode, Failure> {
     let jobs = config.select_jobs(jobs).map_err(usage)?;
-    let engine = Engine::new(config, Progress::default()).map_err(usage)?;
+    let engine = Engine::new(config, Progress::default(), Metrics::new()).map_err(usage)?;
     let state = State::open_read_only(&config.state_path).map_err(failed)?;
     let mut plans: Vec<JobPlan> = Vec::new();
     for job in &jobs {
@@ -330,7 +379,7 @@ fn status(config: &Config, format: Format) -> Result<ExitCode, Failure> {
 }
 
 async fn check(config: &Config) -> Result<ExitCode, Failure> {
-    let engine = Engine::new(config, Progress::default()).map_err(usage)?;
+    let engine = Engine::new(config, Progress::default(), Metrics::new()).map_err(usage)?;
     let mut ok = true;
     for name in config.clouds.keys() {
         let client = engine.client(name);

@@ -16,10 +16,12 @@ use crate::auth::{AuthError, CloudSession};
 use crate::config::{Config, Job};
 use crate::glance::{GlanceClient, GlanceError};
 use crate::image::Image;
+use crate::metrics::Metrics;
 use crate::plan::{self, Action, ActionKind, Ledger, Plan, PlanInput};
 use crate::progress::Progress;
 use crate::state::{Outcome, RunSummary, State, StateError};
-use crate::transfer::{self, CopyTarget};
+use crate::transfer::{self, CopyTarget, FailureReason};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -64,10 +66,14 @@ pub struct ActionResult {
     #[serde(flatten)]
     pub action: Action,
     pub error: Option<String>,
+    /// For failed copies, why (a small fixed set, used as a metric label).
+    #[serde(skip)]
+    pub failure: Option<FailureReason>,
     pub seconds: f64,
 }
 
 pub struct Engine {
+    metrics: Arc<Metrics>,
     clients: BTreeMap<String, GlanceClient>,
     settings: transfer::Settings,
     max_parallel_images: usize,
@@ -76,13 +82,21 @@ pub struct Engine {
 
 impl Engine {
     /// Sets up a session for every cloud (nothing is sent until the first call).
-    pub fn new(config: &Config, progress: Progress) -> Result<Engine, AuthError> {
+    pub fn new(
+        config: &Config,
+        progress: Progress,
+        metrics: Arc<Metrics>,
+    ) -> Result<Engine, AuthError> {
         let mut clients = BTreeMap::new();
         for (name, cloud) in &config.clouds {
-            let session = CloudSession::new(cloud.clone(), &config.transfer)?;
+            let session = CloudSession::new(cloud.clone(), &config.transfer, metrics.clone())?;
             clients.insert(name.clone(), GlanceClient::new(Arc::new(session)));
         }
+        for job in &config.jobs {
+            metrics.register_job(job);
+        }
         Ok(Engine {
+            metrics,
             clients,
             settings: transfer::Settings {
                 stall_timeout: config.transfer.stall_timeout,
@@ -148,8 +162,35 @@ impl Engine {
         ))
     }
 
-    /// Runs one job and records it. Errors are only those that stop the whole job.
-    pub async fn run_job(&self, job: &Job, state: &State) -> Result<JobReport, EngineError> {
+    /// Runs one job, records it in the state database and the metrics. Errors are only those that
+    /// stop the whole job. Once `cancel` fires no new action starts and transfers in flight are
+    /// aborted (their half-made copies deleted).
+    pub async fn run_job(
+        &self,
+        job: &Job,
+        state: &State,
+        cancel: &CancellationToken,
+    ) -> Result<JobReport, EngineError> {
+        let started = Instant::now();
+        let report = self.run_job_unmetered(job, state, cancel).await;
+        let took = started.elapsed();
+        match &report {
+            Ok(r) if r.summary.result != "interrupted" => {
+                let counts = state.replica_counts(&job.name).unwrap_or_default();
+                self.metrics.record_run(r, took, &counts);
+            }
+            Ok(_) => {}
+            Err(_) => self.metrics.record_failed_run(&job.name, took),
+        }
+        report
+    }
+
+    async fn run_job_unmetered(
+        &self,
+        job: &Job,
+        state: &State,
+        cancel: &CancellationToken,
+    ) -> Result<JobReport, EngineError> {
         let run_id = state.begin_run(&job.name)?;
         let ledger = state.ledger(&job.source)?;
         let (job_plan, source_images) = match self.plan_job(job, &ledger).await {
@@ -178,6 +219,7 @@ impl Engine {
             job,
             state,
             sources: &sources,
+            cancel,
         };
         let results = match exec.execute(job_plan.plan.actions).await {
             Ok(r) => r,
@@ -202,17 +244,15 @@ impl Engine {
             .filter(|r| r.error.is_none() && matches!(r.action.kind, ActionKind::Copy { .. }))
             .collect();
         let failed = results.iter().filter(|r| r.error.is_some()).count() as u64;
-        let writes_ok = results
-            .iter()
-            .any(|r| r.error.is_none() && r.action.writes());
         let unreachable = !job_plan.unreachable_targets.is_empty();
-        let result = match (
-            failed > 0 || unreachable,
-            writes_ok || results.iter().any(|r| r.error.is_none()),
-        ) {
-            (false, _) => "success",
-            (true, true) => "partial",
-            (true, false) => "failure",
+        let result = if cancel.is_cancelled() {
+            "interrupted"
+        } else if failed == 0 && !unreachable {
+            "success"
+        } else if results.iter().any(|r| r.error.is_none()) {
+            "partial"
+        } else {
+            "failure"
         };
         let summary = RunSummary {
             result,
@@ -245,6 +285,7 @@ struct Execution<'a> {
     job: &'a Job,
     state: &'a State,
     sources: &'a HashMap<&'a str, &'a Image>,
+    cancel: &'a CancellationToken,
 }
 
 impl Execution<'_> {
@@ -255,7 +296,11 @@ impl Execution<'_> {
         for action in actions {
             match &action.kind {
                 // Our unfinished images go first: they may hold the quota the copies need.
-                ActionKind::DeleteHalfMade { .. } => results.push(self.simple(action).await?),
+                ActionKind::DeleteHalfMade { .. } => {
+                    if !self.cancel.is_cancelled() {
+                        results.push(self.simple(action).await?)
+                    }
+                }
                 ActionKind::Copy { .. } => match copies
                     .iter_mut()
                     .find(|g| g[0].source_id == action.source_id)
@@ -276,6 +321,9 @@ impl Execution<'_> {
             results.extend(group?);
         }
         for action in later {
+            if self.cancel.is_cancelled() {
+                break;
+            }
             results.push(self.simple(action).await?);
         }
         Ok(results)
@@ -287,6 +335,9 @@ impl Execution<'_> {
 
     /// One source image to all the targets that need it, through one download.
     async fn copy(&self, group: Vec<Action>) -> Result<Vec<ActionResult>, EngineError> {
+        if self.cancel.is_cancelled() {
+            return Ok(vec![]); // shutting down: no new transfer starts
+        }
         let started = Instant::now();
         let image = self
             .source(&group[0].source_id)
@@ -324,6 +375,7 @@ impl Execution<'_> {
             targets,
             &self.engine.settings,
             &bar,
+            self.cancel,
         )
         .await;
         drop(bar);
@@ -336,6 +388,7 @@ impl Execution<'_> {
                 .find(|o| o.target == action.target)
                 .expect("one outcome per target");
             let error = outcome.result.as_ref().err().map(|e| e.message.clone());
+            let failure = outcome.result.as_ref().err().map(|e| e.reason);
             match &error {
                 None => {
                     self.state.record_outcome(
@@ -397,6 +450,7 @@ impl Execution<'_> {
             results.push(ActionResult {
                 action,
                 error,
+                failure,
                 seconds,
             });
         }
@@ -477,6 +531,7 @@ impl Execution<'_> {
         Ok(ActionResult {
             action,
             error,
+            failure: None,
             seconds,
         })
     }

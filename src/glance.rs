@@ -6,6 +6,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Instant;
 
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::Value;
@@ -248,10 +249,14 @@ impl GlanceClient {
         if let Some(t) = token_header(&access) {
             req = req.header("X-Auth-Token", t);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| self.transport(&operation, &e))?;
+        let started = Instant::now();
+        let resp = req.send().await;
+        self.session.observe(
+            "upload",
+            resp.as_ref().ok().map(|r| r.status().as_u16()),
+            started.elapsed(),
+        );
+        let resp = resp.map_err(|e| self.transport(&operation, &e))?;
         self.check(&operation, resp).await.map(drop)
     }
 
@@ -303,11 +308,17 @@ impl GlanceClient {
         let mut retried = false;
         loop {
             let access = self.session.access().await?;
+            let started = Instant::now();
             let resp = self
                 .request(&access, method.clone(), path, &build)
                 .send()
-                .await
-                .map_err(|e| self.transport(operation, &e))?;
+                .await;
+            self.session.observe(
+                operation_kind(&method, path),
+                resp.as_ref().ok().map(|r| r.status().as_u16()),
+                started.elapsed(),
+            );
+            let resp = resp.map_err(|e| self.transport(operation, &e))?;
             if resp.status() == StatusCode::UNAUTHORIZED && !retried {
                 tracing::info!(cloud = %self.cloud(), operation, "token refused (401), authenticating again");
                 self.session.invalidate(&access).await;
@@ -371,6 +382,23 @@ impl GlanceClient {
             operation: operation.to_string(),
             message,
         }
+    }
+}
+
+/// The `operation` label of API metrics: a small fixed set derived from the request.
+fn operation_kind(method: &Method, path: &str) -> &'static str {
+    let path = path.split('?').next().unwrap_or(path);
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    match (method.as_str(), segments.as_slice()) {
+        ("GET", ["v2", "images"]) => "list",
+        ("GET", ["v2", "images", _]) => "show",
+        ("GET", ["v2", "images", _, "file"]) => "download",
+        ("POST", ["v2", "images"]) => "create",
+        ("PATCH", ["v2", "images", _]) => "update",
+        ("DELETE", ["v2", "images", _]) => "delete",
+        ("POST", ["v2", "images", _, "actions", "deactivate"]) => "deactivate",
+        ("POST", ["v2", "images", _, "actions", "reactivate"]) => "reactivate",
+        _ => "other",
     }
 }
 

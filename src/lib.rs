@@ -7,11 +7,14 @@
 
 pub mod auth;
 pub mod config;
+pub mod daemon;
 pub mod engine;
 pub mod glance;
 pub mod image;
+pub mod metrics;
 pub mod plan;
 pub mod progress;
+pub mod schedule;
 pub mod state;
 pub mod transfer;
 pub mod verify;

@@ -375,6 +375,8 @@ mod tests {
             source: "src".into(),
             targets: targets.iter().map(|t| t.to_string()).collect(),
             filter: Filter::everything(),
+            schedule: None,
+            run_on_start: true,
         }
     }
 

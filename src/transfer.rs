@@ -40,6 +40,8 @@ pub enum FailureReason {
     TargetUpload,
     Verification,
     TargetMetadata,
+    /// The process is shutting down.
+    Interrupted,
 }
 
 impl FailureReason {
@@ -51,6 +53,7 @@ impl FailureReason {
             FailureReason::TargetUpload => "target_upload",
             FailureReason::Verification => "verification",
             FailureReason::TargetMetadata => "target_metadata",
+            FailureReason::Interrupted => "interrupted",
         }
     }
 }
@@ -110,6 +113,7 @@ pub async fn copy_image(
     targets: Vec<CopyTarget>,
     settings: &Settings,
     progress: &dyn ProgressSink,
+    cancel: &CancellationToken,
 ) -> Vec<CopyOutcome> {
     let size = image.size.unwrap_or(0);
     let fail_all = |targets: Vec<CopyTarget>, err: TransferError| {
@@ -171,7 +175,10 @@ pub async fn copy_image(
         .map(|t| Lane::start(t.client.clone(), t.target_id.clone(), size))
         .collect();
 
-    let streamed = pump(source, image, response, &mut lanes, settings, progress).await;
+    let streamed = pump(
+        source, image, response, &mut lanes, settings, progress, cancel,
+    )
+    .await;
 
     let finished = join_all(live.into_iter().zip(lanes).map(|(t, lane)| {
         let streamed = &streamed;
@@ -329,6 +336,7 @@ async fn pump(
     lanes: &mut [Lane],
     settings: &Settings,
     progress: &dyn ProgressSink,
+    cancel: &CancellationToken,
 ) -> Result<Option<Digests>, TransferError> {
     let size = image.size.unwrap_or(0);
     let read_error = |message: String| {
@@ -346,7 +354,19 @@ async fn pump(
     let mut held: Option<Bytes> = None;
     let mut read: u64 = 0;
     let outcome = loop {
-        let next = match tokio::time::timeout(settings.stall_timeout, stream.next()).await {
+        let next = tokio::select! {
+            _ = cancel.cancelled() => {
+                break Err(TransferError::new(
+                    FailureReason::Interrupted,
+                    format!(
+                        "copy of image {} interrupted by shutdown after {read} of {size} bytes",
+                        image.id
+                    ),
+                ));
+            }
+            next = tokio::time::timeout(settings.stall_timeout, stream.next()) => next,
+        };
+        let next = match next {
             Err(_) => {
                 break Err(read_error(format!(
                     "no data for {} s after {read} of {size} bytes",

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The project's test command (README and .ci/run call exactly this):
 #   1. cargo fmt --check, cargo clippy --all-targets -- -D warnings (fail fast)
-#   2. tests/harness/install.sh: real Glance + Keystone venvs, template DB
+#   2. promtool and systemd-analyze from Debian if missing (apt-get);
+#      tests/harness/install.sh: real Glance + Keystone venvs, template DB
 #      (first run ~1-2 min, then < 1 s)
 #   3. tests/harness/keystone.sh start (stopped again at exit, together with any
 #      Glance instance left under $GLANCE_SYNC_HARNESS/state)
@@ -51,6 +52,17 @@ trap 'exit 143' TERM
 
 step fmt cargo fmt --check
 step clippy cargo clippy --all-targets -- -D warnings
+# promtool (Debian package prometheus) checks the live /metrics output and the alert rules;
+# systemd-analyze (package systemd) verifies the unit files.
+need_debs() {
+  local missing=()
+  command -v promtool >/dev/null || missing+=(prometheus)
+  command -v systemd-analyze >/dev/null || missing+=(systemd)
+  [ ${#missing[@]} = 0 ] && return 0
+  say "installing ${missing[*]} (apt-get)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+step debs need_debs
 step install "$H/install.sh"
 
 STARTED_SERVICES=1

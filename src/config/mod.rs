@@ -14,6 +14,8 @@ use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 
 use crate::image::Image;
+use crate::schedule::Schedule;
+use std::net::SocketAddr;
 
 /// Where the config is read from when neither `--config` nor `$GLANCE_SYNC_CONFIG` says.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/glance-sync/config.toml";
@@ -43,8 +45,17 @@ pub struct Config {
     pub path: PathBuf,
     pub state_path: PathBuf,
     pub transfer: TransferSettings,
+    pub daemon: DaemonSettings,
     pub clouds: BTreeMap<String, CloudConfig>,
     pub jobs: Vec<Job>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DaemonSettings {
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub metrics_listen: SocketAddr,
+    /// How long transfers in flight get to abort and clean up after SIGTERM.
+    pub shutdown_grace: std::time::Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -124,6 +135,10 @@ pub struct Job {
     pub source: String,
     pub targets: Vec<String>,
     pub filter: Filter,
+    /// When the daemon runs the job; `None` for jobs only run by `glance-sync run`.
+    pub schedule: Option<Schedule>,
+    /// Whether the daemon runs the job as soon as it starts, before the first scheduled time.
+    pub run_on_start: bool,
 }
 
 /// Which source images a job selects.
@@ -164,6 +179,10 @@ struct ConfigFile {
     #[serde(default)]
     transfer: TransferSection,
     #[serde(default)]
+    metrics: MetricsSection,
+    #[serde(default)]
+    daemon: DaemonSection,
+    #[serde(default)]
     clouds: BTreeMap<String, CloudEntry>,
     #[serde(default)]
     jobs: Vec<JobEntry>,
@@ -173,6 +192,18 @@ struct ConfigFile {
 #[serde(deny_unknown_fields)]
 struct StateSection {
     path: PathBuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetricsSection {
+    listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DaemonSection {
+    shutdown_grace: Option<jiff::SignedDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -286,6 +317,10 @@ struct JobEntry {
     targets: Vec<String>,
     #[serde(default)]
     filter: FilterEntry,
+    schedule: Option<String>,
+    timezone: Option<String>,
+    interval: Option<jiff::SignedDuration>,
+    run_on_start: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -352,10 +387,18 @@ impl Config {
 
         let transfer = TransferSettings {
             max_parallel_images: file.transfer.max_parallel_images.unwrap_or(2),
-            stall_timeout: positive_duration(file.transfer.stall_timeout, 60, "stall_timeout")
-                .map_err(&invalid)?,
-            api_timeout: positive_duration(file.transfer.api_timeout, 300, "api_timeout")
-                .map_err(&invalid)?,
+            stall_timeout: positive_duration(
+                file.transfer.stall_timeout,
+                60,
+                "[transfer] stall_timeout",
+            )
+            .map_err(&invalid)?,
+            api_timeout: positive_duration(
+                file.transfer.api_timeout,
+                300,
+                "[transfer] api_timeout",
+            )
+            .map_err(&invalid)?,
         };
         if transfer.max_parallel_images == 0 {
             return Err(invalid(
@@ -363,10 +406,24 @@ impl Config {
             ));
         }
 
+        let daemon = DaemonSettings {
+            metrics_listen: file
+                .metrics
+                .listen
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9420))),
+            shutdown_grace: positive_duration(
+                file.daemon.shutdown_grace,
+                30,
+                "[daemon] shutdown_grace",
+            )
+            .map_err(&invalid)?,
+        };
+
         Ok(Config {
             path: path.to_path_buf(),
             state_path: file.state.path,
             transfer,
+            daemon,
             clouds,
             jobs,
         })
@@ -410,7 +467,7 @@ fn positive_duration(
         Some(d) => std::time::Duration::try_from(d)
             .ok()
             .filter(|d| !d.is_zero())
-            .ok_or_else(|| format!("[transfer] {key} must be a positive duration such as \"60s\"")),
+            .ok_or_else(|| format!("{key} must be a positive duration such as \"60s\"")),
     }
 }
 
@@ -469,7 +526,26 @@ fn validate_job(
         }
         b.build().map_err(|e| format!("{at}: filter.{key}: {e}"))
     };
+    let schedule = match (&job.schedule, &job.interval, &job.timezone) {
+        (Some(_), Some(_), _) => {
+            return Err(format!("{at}: set schedule or interval, not both"));
+        }
+        (None, _, Some(_)) => {
+            return Err(format!(
+                "{at}: timezone applies to schedule, which is not set"
+            ));
+        }
+        (Some(expr), None, tz) => {
+            Some(Schedule::cron(expr, tz.as_deref()).map_err(|e| format!("{at}: {e}"))?)
+        }
+        (None, Some(d), None) => Some(Schedule::Interval(
+            positive_duration(Some(*d), 0, "interval").map_err(|e| format!("{at}: {e}"))?,
+        )),
+        (None, None, None) => None,
+    };
     Ok(Job {
+        schedule,
+        run_on_start: job.run_on_start.unwrap_or(true),
         name: job.name.clone(),
         source: job.source.clone(),
         targets: job.targets.clone(),
@@ -729,6 +805,33 @@ visibility = ["public", "community"]
             .unwrap_err()
             .to_string();
         assert!(err.contains("targets is empty"), "{err}");
+    }
+
+    #[test]
+    fn schedule_and_interval_are_exclusive_and_validated() {
+        let both = BASE.replace(
+            "targets = [\"lab\"]",
+            "targets = [\"lab\"]\nschedule = \"*/5 * * * *\"\ninterval = \"5m\"",
+        );
+        assert!(parse(&both).unwrap_err().to_string().contains("not both"));
+        let bad = BASE.replace(
+            "targets = [\"lab\"]",
+            "targets = [\"lab\"]\nschedule = \"*/5 * * *\"",
+        );
+        let err = parse(&bad).unwrap_err().to_string();
+        assert!(
+            err.contains("job 'golden'") && err.contains("4 fields"),
+            "{err}"
+        );
+        let ok = BASE.replace(
+            "targets = [\"lab\"]",
+            "targets = [\"lab\"]\ninterval = \"30m\"\nrun_on_start = false",
+        );
+        let cfg = parse(&ok).unwrap();
+        assert!(matches!(cfg.jobs[0].schedule, Some(Schedule::Interval(d)) if d.as_secs() == 1800));
+        assert!(!cfg.jobs[0].run_on_start);
+        assert_eq!(cfg.daemon.metrics_listen.to_string(), "127.0.0.1:9420");
+        assert_eq!(cfg.daemon.shutdown_grace.as_secs(), 30);
     }
 
     #[test]

@@ -1,0 +1,372 @@
+//! The daemon: every job on its schedule, metrics and health over HTTP, signals, systemd notify.
+//!
+//! Each job has its own loop; loops of one config are a *generation*. SIGHUP loads the config again
+//! and, if it is valid, replaces the generation: old loops start no new run, runs in flight finish,
+//! and a per-job lock shared across generations keeps two runs of one job from overlapping.
+//! SIGTERM/SIGINT stop every loop, abort transfers in flight (their half-made copies are deleted)
+//! and wait up to `shutdown_grace` for that cleanup.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::State as AxumState;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use jiff::Timestamp;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ConfigError, Job};
+use crate::engine::Engine;
+use crate::metrics::Metrics;
+use crate::progress::Progress;
+use crate::state::{State, StateError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("config file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
+    #[error("cannot serve metrics on {addr}: {source}; change [metrics] listen")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// A lock per job name, shared by every generation: a job's runs never overlap, even across a
+/// reload.
+type JobLocks = Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>;
+
+/// What every job loop shares.
+struct Shared {
+    state: Arc<State>,
+    metrics: Arc<Metrics>,
+    locks: JobLocks,
+    /// Fired on SIGTERM/SIGINT: aborts transfers in flight.
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// The loops of one config.
+struct Generation {
+    /// Fired when the generation is replaced or the daemon stops: no new run starts.
+    stop: CancellationToken,
+    config: Config,
+}
+
+/// Runs until SIGTERM or SIGINT. Errors are those that prevent starting at all.
+pub async fn run(config: Config) -> Result<(), DaemonError> {
+    require_schedules(&config)?;
+    let state = Arc::new(State::open(&config.state_path)?);
+    let metrics = Metrics::new();
+    for job in &config.jobs {
+        metrics.set_image_counts(&job.name, &state.replica_counts(&job.name)?);
+    }
+    let addr = config.daemon.metrics_listen;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| DaemonError::Listen { addr, source })?;
+    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
+
+    let shared = Shared {
+        state,
+        metrics: metrics.clone(),
+        locks: JobLocks::default(),
+        shutdown: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+    };
+    let ready = Arc::new(AtomicBool::new(false));
+    let http_stop = CancellationToken::new();
+    let http = tokio::spawn(serve_http(
+        listener,
+        metrics.clone(),
+        ready.clone(),
+        http_stop.clone(),
+    ));
+    let mut generation = start_generation(config, &shared)?;
+    ready.store(true, Ordering::SeqCst);
+    tracing::info!(
+        metrics = %addr,
+        jobs = generation.config.jobs.len(),
+        "daemon ready: serving /metrics, /healthz, /readyz on http://{addr}"
+    );
+    notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("waiting for the next scheduled run"),
+    ]);
+    let watchdog = spawn_watchdog();
+
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = hup.recv() => {
+                generation = reload(generation, &shared);
+            }
+        }
+    }
+
+    notify(&[sd_notify::NotifyState::Stopping]);
+    let grace = generation.config.daemon.shutdown_grace;
+    generation.stop.cancel();
+    shared.shutdown.cancel();
+    shared.tracker.close();
+    if tokio::time::timeout(grace, shared.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "transfers still cleaning up after shutdown_grace ({} s); exiting anyway: \
+             the next start deletes what is left (the ids are in the state database)",
+            grace.as_secs()
+        );
+    }
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    http_stop.cancel();
+    let _ = http.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn require_schedules(config: &Config) -> Result<(), DaemonError> {
+    let unscheduled: Vec<&str> = config
+        .jobs
+        .iter()
+        .filter(|j| j.schedule.is_none())
+        .map(|j| j.name.as_str())
+        .collect();
+    if unscheduled.is_empty() {
+        return Ok(());
+    }
+    Err(DaemonError::Invalid {
+        path: config.path.clone(),
+        message: format!(
+            "the daemon runs jobs on their schedule, and these have none: {}; \
+             add schedule = \"*/30 * * * *\" or interval = \"30m\" to each",
+            unscheduled.join(", ")
+        ),
+    })
+}
+
+fn start_generation(config: Config, shared: &Shared) -> Result<Generation, DaemonError> {
+    let engine = Arc::new(Engine::new(
+        &config,
+        Progress::default(),
+        shared.metrics.clone(),
+    )?);
+    let stop = CancellationToken::new();
+    for job in &config.jobs {
+        let lock = shared
+            .locks
+            .lock()
+            .expect("job locks poisoned")
+            .entry(job.name.clone())
+            .or_default()
+            .clone();
+        tracing::info!(
+            job = %job.name,
+            "scheduled {}{}",
+            job.schedule.as_ref().map(|s| s.describe()).unwrap_or_default(),
+            if job.run_on_start { ", and now" } else { "" }
+        );
+        shared.tracker.spawn(job_loop(
+            job.clone(),
+            engine.clone(),
+            shared.state.clone(),
+            shared.metrics.clone(),
+            lock,
+            stop.clone(),
+            shared.shutdown.clone(),
+        ));
+    }
+    Ok(Generation { stop, config })
+}
+
+/// SIGHUP: the new config replaces the old one if it is valid; otherwise the old one keeps running.
+fn reload(old: Generation, shared: &Shared) -> Generation {
+    let path = old.config.path.clone();
+    let fresh = Config::load(&path)
+        .map_err(DaemonError::from)
+        .and_then(|c| {
+            require_schedules(&c)?;
+            if c.state_path != old.config.state_path
+                || c.daemon.metrics_listen != old.config.daemon.metrics_listen
+            {
+                return Err(DaemonError::Invalid {
+                    path: path.clone(),
+                    message: "[state] path and [metrics] listen change only with a restart".into(),
+                });
+            }
+            Ok(c)
+        });
+    match fresh.and_then(|c| start_generation_replacing(c, &old, shared)) {
+        Ok(generation) => {
+            tracing::info!(
+                jobs = generation.config.jobs.len(),
+                "SIGHUP: configuration reloaded from {}",
+                path.display()
+            );
+            generation
+        }
+        Err(e) => {
+            tracing::error!(
+                "SIGHUP: new configuration refused, the previous one keeps running: {e}"
+            );
+            old
+        }
+    }
+}
+
+fn start_generation_replacing(
+    config: Config,
+    old: &Generation,
+    shared: &Shared,
+) -> Result<Generation, DaemonError> {
+    let generation = start_generation(config, shared)?;
+    old.stop.cancel();
+    Ok(generation)
+}
+
+/// One job: wait for the next due time, run unless the previous run is still going, repeat.
+async fn job_loop(
+    job: Job,
+    engine: Arc<Engine>,
+    state: Arc<State>,
+    metrics: Arc<Metrics>,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    stop: CancellationToken,
+    shutdown: CancellationToken,
+) {
+    let schedule = job.schedule.clone().expect("daemon jobs have a schedule");
+    let mut due = if job.run_on_start {
+        Timestamp::now()
+    } else {
+        schedule.next_after(Timestamp::now())
+    };
+    loop {
+        let wait = due
+            .duration_since(Timestamp::now())
+            .try_into()
+            .unwrap_or(Duration::ZERO);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        match lock.clone().try_lock_owned() {
+            Err(_) => {
+                // Only possible across a reload: the old generation's run is still going.
+                metrics.record_skipped_run(&job.name);
+                tracing::warn!(job = %job.name, "run skipped: the previous run of this job is still going");
+            }
+            Ok(_guard) => {
+                notify(&[sd_notify::NotifyState::Status(&format!(
+                    "running job {}",
+                    job.name
+                ))]);
+                let started = std::time::Instant::now();
+                match engine.run_job(&job, &state, &shutdown).await {
+                    Ok(r) => tracing::info!(
+                        job = %job.name,
+                        result = r.summary.result,
+                        copied = r.summary.images_copied,
+                        bytes = r.summary.bytes_copied,
+                        failed = r.summary.images_failed,
+                        seconds = format_args!("{:.1}", started.elapsed().as_secs_f64()),
+                        "run finished: {}", r.summary.result
+                    ),
+                    Err(e) => tracing::error!(job = %job.name, "run failed: {e}"),
+                }
+                notify(&[sd_notify::NotifyState::Status(
+                    "waiting for the next scheduled run",
+                )]);
+            }
+        }
+        // Due times that passed while the job ran are skipped, not run back to back.
+        let now = Timestamp::now();
+        due = schedule.next_after(due);
+        while due <= now && !stop.is_cancelled() {
+            metrics.record_skipped_run(&job.name);
+            tracing::warn!(
+                job = %job.name,
+                "run due at {due} skipped: the previous run was still going"
+            );
+            due = schedule.next_after(due);
+        }
+    }
+}
+
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+    stop: CancellationToken,
+) {
+    let app = axum::Router::new()
+        .route("/metrics", get(metrics_page))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state((metrics, ready));
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await;
+    if let Err(e) = result {
+        tracing::error!("metrics server stopped: {e}");
+    }
+}
+
+type HttpState = (Arc<Metrics>, Arc<AtomicBool>);
+
+async fn metrics_page(AxumState((metrics, _)): AxumState<HttpState>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        metrics.render(),
+    )
+}
+
+async fn readyz(AxumState((_, ready)): AxumState<HttpState>) -> impl IntoResponse {
+    if ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+    }
+}
+
+/// Tells systemd, when it is listening (NOTIFY_SOCKET set); a no-op elsewhere.
+fn notify(states: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::debug!("systemd notify failed: {e}");
+    }
+}
+
+/// Pings systemd's watchdog at half its interval when `WatchdogSec=` is set.
+fn spawn_watchdog() -> Option<tokio::task::JoinHandle<()>> {
+    let interval = sd_notify::watchdog_enabled()? / 2;
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tick.tick().await;
+            notify(&[sd_notify::NotifyState::Watchdog]);
+        }
+    }))
+}

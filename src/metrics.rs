@@ -1,0 +1,303 @@
+//! Prometheus metrics: their names and labels (fixed: dashboards and alerts depend on them), how a
+//! run's report turns into them, and the text exposition for `/metrics` and node_exporter textfiles.
+//!
+//! No image names or ids are ever labels: cardinality stays (jobs × targets × a few states).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::config::Job;
+use crate::engine::JobReport;
+use crate::plan::ActionKind;
+use crate::transfer::FailureReason;
+
+/// Replica states shown by `glance_sync_images`.
+pub const IMAGE_STATES: &[&str] = &["in_sync", "pending", "failed", "skipped"];
+
+pub struct Metrics {
+    registry: Registry,
+    runs: IntCounterVec,
+    run_duration: HistogramVec,
+    last_run: GaugeVec,
+    last_success: GaugeVec,
+    images: IntGaugeVec,
+    images_copied: IntCounterVec,
+    bytes_copied: IntCounterVec,
+    transfer_failures: IntCounterVec,
+    verification_failures: IntCounterVec,
+    runs_skipped: IntCounterVec,
+    job_interval: GaugeVec,
+    api_requests: IntCounterVec,
+    api_duration: HistogramVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let m = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(m.clone())).expect("unique metric");
+    m
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let m = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(m.clone())).expect("unique metric");
+    m
+}
+
+fn histogram(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    let m = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("valid metric");
+    r.register(Box::new(m.clone())).expect("unique metric");
+    m
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let r = Registry::new();
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("process collector");
+        let build = IntGaugeVec::new(
+            Opts::new(
+                "glance_sync_build_info",
+                "Version of the running glance-sync (always 1)",
+            ),
+            &["version"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(build.clone())).expect("unique metric");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let images = IntGaugeVec::new(
+            Opts::new(
+                "glance_sync_images",
+                "Selected source images per target by replication state after the job's last run",
+            ),
+            &["job", "target", "state"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(images.clone())).expect("unique metric");
+        Arc::new(Metrics {
+            runs: counter(
+                &r,
+                "glance_sync_runs_total",
+                "Finished job runs by result",
+                &["job", "result"],
+            ),
+            run_duration: histogram(
+                &r,
+                "glance_sync_run_duration_seconds",
+                "Wall time of job runs",
+                &["job"],
+                vec![
+                    1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
+                    14400.0,
+                ],
+            ),
+            last_run: gauge(
+                &r,
+                "glance_sync_last_run_timestamp_seconds",
+                "When the job's last run finished (Unix time)",
+                &["job"],
+            ),
+            last_success: gauge(
+                &r,
+                "glance_sync_last_success_timestamp_seconds",
+                "When the job last finished with every image in sync (Unix time)",
+                &["job"],
+            ),
+            images,
+            images_copied: counter(
+                &r,
+                "glance_sync_images_copied_total",
+                "Images copied and verified",
+                &["job", "target"],
+            ),
+            bytes_copied: counter(
+                &r,
+                "glance_sync_bytes_copied_total",
+                "Bytes of images copied and verified",
+                &["job", "target"],
+            ),
+            transfer_failures: counter(
+                &r,
+                "glance_sync_transfer_failures_total",
+                "Failed image copies by reason",
+                &["job", "target", "reason"],
+            ),
+            verification_failures: counter(
+                &r,
+                "glance_sync_verification_failures_total",
+                "Copies refused because bytes or digests did not match the source",
+                &["job", "target"],
+            ),
+            runs_skipped: counter(
+                &r,
+                "glance_sync_runs_skipped_total",
+                "Scheduled runs skipped because the job's previous run was still going",
+                &["job"],
+            ),
+            job_interval: gauge(
+                &r,
+                "glance_sync_job_interval_seconds",
+                "Nominal time between scheduled runs of the job (for staleness alerts)",
+                &["job"],
+            ),
+            api_requests: counter(
+                &r,
+                "glance_sync_api_requests_total",
+                "Requests to OpenStack APIs",
+                &["cloud", "operation", "status_class"],
+            ),
+            api_duration: histogram(
+                &r,
+                "glance_sync_api_request_duration_seconds",
+                "Time to the response headers of OpenStack API requests",
+                &["cloud", "operation"],
+                vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+            ),
+            registry: r,
+        })
+    }
+
+    /// One API request answered with `status` (None: no answer at all).
+    pub fn observe_api(&self, cloud: &str, operation: &str, status: Option<u16>, took: Duration) {
+        let class = match status {
+            Some(s) => format!("{}xx", s / 100),
+            None => "error".to_string(),
+        };
+        self.api_requests
+            .with_label_values(&[cloud, operation, &class])
+            .inc();
+        self.api_duration
+            .with_label_values(&[cloud, operation])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Declares a job's series at zero, so dashboards and `rate()` see them before the first event.
+    pub fn register_job(&self, job: &Job) {
+        let targets = &job.targets;
+        if let Some(schedule) = &job.schedule {
+            self.job_interval
+                .with_label_values(&[&job.name])
+                .set(schedule.nominal_interval().as_secs_f64());
+        }
+        let job = job.name.as_str();
+        self.runs_skipped.with_label_values(&[job]);
+        for result in ["success", "partial", "failure"] {
+            self.runs.with_label_values(&[job, result]);
+        }
+        for t in targets {
+            self.images_copied.with_label_values(&[job, t]);
+            self.bytes_copied.with_label_values(&[job, t]);
+            self.verification_failures.with_label_values(&[job, t]);
+        }
+    }
+
+    pub fn record_skipped_run(&self, job: &str) {
+        self.runs_skipped.with_label_values(&[job]).inc();
+    }
+
+    /// A finished run. `counts` are the replica states per target from the state database.
+    pub fn record_run(&self, report: &JobReport, took: Duration, counts: &[(String, String, u64)]) {
+        let job = report.job.as_str();
+        let now = jiff::Timestamp::now().as_millisecond() as f64 / 1000.0;
+        self.runs
+            .with_label_values(&[job, report.summary.result])
+            .inc();
+        self.run_duration
+            .with_label_values(&[job])
+            .observe(took.as_secs_f64());
+        self.last_run.with_label_values(&[job]).set(now);
+        if report.summary.result == "success" {
+            self.last_success.with_label_values(&[job]).set(now);
+        }
+        for r in &report.results {
+            let target = r.action.target.as_str();
+            if !matches!(r.action.kind, ActionKind::Copy { .. }) {
+                continue;
+            }
+            match r.failure {
+                None => {
+                    self.images_copied.with_label_values(&[job, target]).inc();
+                    self.bytes_copied
+                        .with_label_values(&[job, target])
+                        .inc_by(r.action.size.unwrap_or(0));
+                }
+                Some(reason) => {
+                    self.transfer_failures
+                        .with_label_values(&[job, target, reason.as_str()])
+                        .inc();
+                    if matches!(
+                        reason,
+                        FailureReason::SourceCorrupt | FailureReason::Verification
+                    ) {
+                        self.verification_failures
+                            .with_label_values(&[job, target])
+                            .inc();
+                    }
+                }
+            }
+        }
+        self.set_image_counts(job, counts);
+    }
+
+    /// A run that stopped before it could plan (source unreachable, state database error).
+    pub fn record_failed_run(&self, job: &str, took: Duration) {
+        let now = jiff::Timestamp::now().as_millisecond() as f64 / 1000.0;
+        self.runs.with_label_values(&[job, "failure"]).inc();
+        self.run_duration
+            .with_label_values(&[job])
+            .observe(took.as_secs_f64());
+        self.last_run.with_label_values(&[job]).set(now);
+    }
+
+    /// Sets `glance_sync_images` for a job from the state database's counts.
+    pub fn set_image_counts(&self, job: &str, counts: &[(String, String, u64)]) {
+        let targets: std::collections::BTreeSet<&str> =
+            counts.iter().map(|(t, _, _)| t.as_str()).collect();
+        for t in targets {
+            for state in IMAGE_STATES {
+                let n = counts
+                    .iter()
+                    .find(|(ct, cs, _)| ct == t && cs == state)
+                    .map(|(_, _, n)| *n)
+                    .unwrap_or(0);
+                self.images
+                    .with_label_values(&[job, t, state])
+                    .set(n as i64);
+            }
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding never fails");
+        String::from_utf8(buf).expect("exposition is UTF-8")
+    }
+
+    /// Writes the exposition for node_exporter's textfile collector: to a temporary file in the same
+    /// directory, then renamed, so the collector never reads half a file.
+    pub fn write_textfile(&self, path: &Path) -> std::io::Result<()> {
+        let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+        tmp_name.push(format!(".{}.tmp", std::process::id()));
+        let tmp = path.with_file_name(tmp_name);
+        std::fs::write(&tmp, self.render())?;
+        std::fs::rename(&tmp, path)
+    }
+}
