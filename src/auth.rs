@@ -83,6 +83,8 @@ pub struct CloudSession {
     config: CloudConfig,
     http: reqwest::Client,
     api_timeout: Duration,
+    retries: usize,
+    retry_max_delay: Duration,
     metrics: Arc<Metrics>,
     cached: Mutex<Option<Cached>>,
 }
@@ -122,6 +124,8 @@ impl CloudSession {
             config,
             http,
             api_timeout: transfer.api_timeout,
+            retries: transfer.retries,
+            retry_max_delay: transfer.retry_max_delay,
             metrics,
             cached: Mutex::new(None),
         })
@@ -133,6 +137,26 @@ impl CloudSession {
 
     pub fn api_timeout(&self) -> Duration {
         self.api_timeout
+    }
+
+    /// Waits between retries of one request: exponential from 0.5 s, with jitter, at most
+    /// `retry_max_delay`, `retries` of them.
+    pub fn backoff(&self) -> impl Iterator<Item = Duration> + Send + use<> {
+        use backon::BackoffBuilder;
+        backon::ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(500))
+            .with_max_delay(self.retry_max_delay)
+            .with_max_times(self.retries)
+            .with_jitter()
+            .build()
+    }
+
+    pub fn retry_max_delay(&self) -> Duration {
+        self.retry_max_delay
+    }
+
+    pub fn retries(&self) -> usize {
+        self.retries
     }
 
     /// Counts one API request to this cloud.

@@ -196,16 +196,7 @@ impl Engine {
         let (job_plan, source_images) = match self.plan_job(job, &ledger).await {
             Ok(p) => p,
             Err(e) => {
-                state.finish_run(
-                    run_id,
-                    &RunSummary {
-                        result: "failure",
-                        images_copied: 0,
-                        bytes_copied: 0,
-                        images_failed: 0,
-                        error: Some(e.to_string()),
-                    },
-                )?;
+                state.finish_run(run_id, &RunSummary::failure(&e))?;
                 return Err(e);
             }
         };
@@ -225,16 +216,7 @@ impl Engine {
             Ok(r) => r,
             Err(e) => {
                 // The database itself failed: try to close the run record anyway.
-                let _ = state.finish_run(
-                    run_id,
-                    &RunSummary {
-                        result: "failure",
-                        images_copied: 0,
-                        bytes_copied: 0,
-                        images_failed: 0,
-                        error: Some(e.to_string()),
-                    },
-                );
+                let _ = state.finish_run(run_id, &RunSummary::failure(&e));
                 return Err(e);
             }
         };

@@ -147,8 +147,23 @@ impl GlanceClient {
         let id = body["id"].as_str().unwrap_or("?");
         let name = body["name"].as_str().unwrap_or("");
         let operation = format!("create image {id} ('{name}')");
-        self.json(&operation, Method::POST, |b| b.json(body), "/v2/images")
+        match self
+            .json(&operation, Method::POST, |b| b.json(body), "/v2/images")
             .await
+        {
+            // The id is ours: a 409 after a retried create means the first attempt got through.
+            Err(e) if e.status() == Some(409) => match self.get_image(id).await {
+                Ok(img)
+                    if img.status == "queued"
+                        && img.property(crate::image::MARKER_SOURCE_ID)
+                            == body[crate::image::MARKER_SOURCE_ID].as_str() =>
+                {
+                    Ok(img)
+                }
+                _ => Err(e),
+            },
+            other => other,
+        }
     }
 
     /// Applies a JSON patch in one request (atomic on the server).
@@ -226,6 +241,56 @@ impl GlanceClient {
         Ok(resp)
     }
 
+    /// `GET /file` from byte `offset` on, to resume a broken download. Returns the response and how
+    /// many bytes of its body to skip: 0 when the server honoured the Range (206), `offset` when it
+    /// sent the whole image again (200).
+    pub async fn download_from(
+        &self,
+        id: &str,
+        offset: u64,
+    ) -> Result<(Response, u64), GlanceError> {
+        let operation = format!("resume download of image {id} at byte {offset}");
+        let path = format!("/v2/images/{id}/file");
+        let range = format!("bytes={offset}-");
+        let resp = tokio::time::timeout(
+            self.session.api_timeout(),
+            self.send_streaming(
+                &operation,
+                Method::GET,
+                |b| b.header(reqwest::header::RANGE, &range),
+                &path,
+            ),
+        )
+        .await
+        .map_err(|_| self.protocol(&operation, "no response within api_timeout".into()))??;
+        match resp.status() {
+            StatusCode::OK => Ok((resp, offset)),
+            StatusCode::PARTIAL_CONTENT => {
+                let content_range = resp
+                    .headers()
+                    .get(reqwest::header::CONTENT_RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if content_range.starts_with(&format!("bytes {offset}-")) {
+                    Ok((resp, 0))
+                } else {
+                    Err(self.protocol(
+                        &operation,
+                        format!("206 with Content-Range '{content_range}', not from byte {offset}"),
+                    ))
+                }
+            }
+            other => Err(self.protocol(
+                &operation,
+                format!("HTTP {} instead of 200 or 206", other.as_u16()),
+            )),
+        }
+    }
+
+    pub fn retries(&self) -> usize {
+        self.session.retries()
+    }
+
     /// `PUT /file` with a streamed body of exactly `size` bytes. Not retried: the body is consumed.
     pub async fn upload(
         &self,
@@ -298,6 +363,9 @@ impl GlanceClient {
         self.send_with_reauth(operation, method, build, path).await
     }
 
+    /// Sends a request until it succeeds, fails for good, or runs out of retries: a 401 renews
+    /// the token once; connection errors, timeouts, 408, 429, 500, 502, 503 and 504 are retried
+    /// with backoff (honouring `Retry-After`); any other answer is final.
     async fn send_with_reauth(
         &self,
         operation: &str,
@@ -306,6 +374,7 @@ impl GlanceClient {
         path: &str,
     ) -> Result<Response, GlanceError> {
         let mut retried = false;
+        let mut backoff = self.session.backoff();
         loop {
             let access = self.session.access().await?;
             let started = Instant::now();
@@ -318,11 +387,38 @@ impl GlanceClient {
                 resp.as_ref().ok().map(|r| r.status().as_u16()),
                 started.elapsed(),
             );
-            let resp = resp.map_err(|e| self.transport(operation, &e))?;
-            if resp.status() == StatusCode::UNAUTHORIZED && !retried {
+            let resp = match resp {
+                Ok(r) => r,
+                Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => {
+                    match backoff.next() {
+                        Some(wait) => {
+                            tracing::warn!(cloud = %self.cloud(), operation, "{}; retrying in {:.1} s", error_chain(&e), wait.as_secs_f64());
+                            tokio::time::sleep(wait).await;
+                            continue;
+                        }
+                        None => return Err(self.transport(operation, &e)),
+                    }
+                }
+                Err(e) => return Err(self.transport(operation, &e)),
+            };
+            let status = resp.status();
+            if status == StatusCode::UNAUTHORIZED && !retried {
                 tracing::info!(cloud = %self.cloud(), operation, "token refused (401), authenticating again");
                 self.session.invalidate(&access).await;
                 retried = true;
+                continue;
+            }
+            if is_retryable(status)
+                && let Some(wait) = backoff.next()
+            {
+                let wait = retry_after(&resp)
+                    .map(|w| w.min(self.session.retry_max_delay()))
+                    .unwrap_or(wait);
+                tracing::warn!(
+                    cloud = %self.cloud(), operation,
+                    "HTTP {}; retrying in {:.1} s", status.as_u16(), wait.as_secs_f64()
+                );
+                tokio::time::sleep(wait).await;
                 continue;
             }
             return self.check(operation, resp).await;
@@ -383,6 +479,24 @@ impl GlanceClient {
             message,
         }
     }
+}
+
+/// Answers that may pass if asked again.
+fn is_retryable(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 408 | 429 | 500 | 502 | 503 | 504)
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is rare from OpenStack; it falls back to backoff).
+fn retry_after(resp: &Response) -> Option<std::time::Duration> {
+    let secs: u64 = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(std::time::Duration::from_secs(secs))
 }
 
 /// The `operation` label of API metrics: a small fixed set derived from the request.

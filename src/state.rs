@@ -94,6 +94,19 @@ pub struct RunSummary {
     pub error: Option<String>,
 }
 
+impl RunSummary {
+    /// A run stopped by `error` before it could do anything.
+    pub fn failure(error: &dyn std::fmt::Display) -> RunSummary {
+        RunSummary {
+            result: "failure",
+            images_copied: 0,
+            bytes_copied: 0,
+            images_failed: 0,
+            error: Some(error.to_string()),
+        }
+    }
+}
+
 fn now() -> String {
     Timestamp::now().to_string()
 }

@@ -23,7 +23,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::glance::GlanceClient;
+use crate::glance::{GlanceClient, GlanceError};
 use crate::image::{Image, PatchOp};
 use crate::verify::{self, Digests, StreamHasher};
 
@@ -63,6 +63,8 @@ impl FailureReason {
 pub struct TransferError {
     pub reason: FailureReason,
     pub message: String,
+    /// The HTTP status the cloud answered, when the failure was an answer.
+    pub status: Option<u16>,
 }
 
 impl TransferError {
@@ -70,6 +72,15 @@ impl TransferError {
         TransferError {
             reason,
             message: message.to_string(),
+            status: None,
+        }
+    }
+
+    fn from_glance(reason: FailureReason, e: GlanceError) -> TransferError {
+        TransferError {
+            reason,
+            status: e.status(),
+            message: e.to_string(),
         }
     }
 }
@@ -186,6 +197,11 @@ pub async fn copy_image(
             let upload = lane.finish(&t, settings.stall_timeout).await;
             let verified = match (streamed, upload) {
                 (Err(e), _) => Err(e.clone()),
+                // 409: the image is no longer `queued`. If it went active with exactly our bytes
+                // (an earlier answer was lost), the copy is done; anything else fails below.
+                (Ok(Some(digests)), Err(e)) if e.status == Some(409) => {
+                    check_copy(&t, digests).await.map_err(|_| e)
+                }
                 (Ok(_), Err(e)) => Err(e),
                 (Ok(None), Ok(())) => Err(TransferError::new(
                     FailureReason::TargetUpload,
@@ -315,7 +331,7 @@ impl Lane {
         let abort = task.abort_handle();
         match tokio::time::timeout(stall, task).await {
             Ok(Ok(Ok(()))) => Ok(()),
-            Ok(Ok(Err(e))) => Err(TransferError::new(FailureReason::TargetUpload, e)),
+            Ok(Ok(Err(e))) => Err(TransferError::from_glance(FailureReason::TargetUpload, e)),
             Ok(Err(join)) => Err(upload_error(format!("upload task failed: {join}"))),
             Err(_) => {
                 abort.abort();
@@ -353,6 +369,8 @@ async fn pump(
     let mut hasher = StreamHasher::start(verify::algo_for(image));
     let mut held: Option<Bytes> = None;
     let mut read: u64 = 0;
+    let mut resumes = 0;
+    let mut skip: u64 = 0;
     let outcome = loop {
         let next = tokio::select! {
             _ = cancel.cancelled() => {
@@ -366,24 +384,28 @@ async fn pump(
             }
             next = tokio::time::timeout(settings.stall_timeout, stream.next()) => next,
         };
-        let next = match next {
-            Err(_) => {
-                break Err(read_error(format!(
-                    "no data for {} s after {read} of {size} bytes",
-                    settings.stall_timeout.as_secs()
-                )));
-            }
-            Ok(n) => n,
-        };
-        match next {
-            None => break Ok(()),
-            Some(Err(e)) => {
-                break Err(read_error(format!(
-                    "stream broke after {read} of {size} bytes: {}",
-                    crate::auth::error_chain(&e)
-                )));
-            }
-            Some(Ok(chunk)) => {
+        let broken = match next {
+            Err(_) => format!(
+                "no data for {} s after {read} of {size} bytes",
+                settings.stall_timeout.as_secs()
+            ),
+            Ok(Some(Err(e))) => format!(
+                "stream broke after {read} of {size} bytes: {}",
+                crate::auth::error_chain(&e)
+            ),
+            Ok(None) if read < size => format!("stream ended after {read} of {size} bytes"),
+            Ok(None) => break Ok(()),
+            Ok(Some(Ok(chunk))) => {
+                // After a resume that the server answered with the whole image, drop what we
+                // already have: targets never receive a byte twice.
+                let chunk = if skip >= chunk.len() as u64 {
+                    skip -= chunk.len() as u64;
+                    continue;
+                } else {
+                    let c = chunk.slice(skip as usize..);
+                    skip = 0;
+                    c
+                };
                 read += chunk.len() as u64;
                 if read > size {
                     break Err(TransferError::new(
@@ -405,7 +427,29 @@ async fn pump(
                 if !lanes.iter().any(Lane::is_open) {
                     break Ok(()); // every target failed: stop reading
                 }
+                continue;
             }
+        };
+        // The download broke: resume from the byte reached, up to `retries` times. The digests
+        // keep running over the whole image, so a resume that splices wrong data still fails
+        // verification before the last chunk is released.
+        if resumes >= source.retries() {
+            break Err(read_error(format!(
+                "{broken}; gave up after {resumes} resumes"
+            )));
+        }
+        resumes += 1;
+        tracing::warn!(
+            cloud = source.cloud(),
+            image = %image.id,
+            "{broken}; resuming at byte {read} (attempt {resumes})"
+        );
+        match source.download_from(&image.id, read).await {
+            Ok((response, to_skip)) => {
+                stream = response.bytes_stream();
+                skip = to_skip;
+            }
+            Err(e) => break Err(read_error(format!("{broken}; resume failed: {e}"))),
         }
     };
     let digests = hasher.finish().await;

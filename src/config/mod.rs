@@ -66,6 +66,11 @@ pub struct TransferSettings {
     pub stall_timeout: std::time::Duration,
     /// Whole-request timeout for API calls that carry no image data.
     pub api_timeout: std::time::Duration,
+    /// Retries of a request that failed in a way that may pass (connection error, timeout, 408,
+    /// 429, 5xx gateway errors), and resumes of a broken download.
+    pub retries: usize,
+    /// The longest wait between two retries (exponential backoff with jitter up to this).
+    pub retry_max_delay: std::time::Duration,
 }
 
 /// One cloud, resolved: its credentials and how to find its image endpoint.
@@ -212,6 +217,8 @@ struct TransferSection {
     max_parallel_images: Option<usize>,
     stall_timeout: Option<jiff::SignedDuration>,
     api_timeout: Option<jiff::SignedDuration>,
+    retries: Option<usize>,
+    retry_max_delay: Option<jiff::SignedDuration>,
 }
 
 /// The keys of a clouds.yaml cloud entry that glance-sync understands, plus `cloud` to refer to one.
@@ -397,6 +404,13 @@ impl Config {
                 file.transfer.api_timeout,
                 300,
                 "[transfer] api_timeout",
+            )
+            .map_err(&invalid)?,
+            retries: file.transfer.retries.unwrap_or(4),
+            retry_max_delay: positive_duration(
+                file.transfer.retry_max_delay,
+                30,
+                "[transfer] retry_max_delay",
             )
             .map_err(&invalid)?,
         };

@@ -217,6 +217,23 @@ pub struct Faults {
     pub fail_uploads_with: Option<u16>,
     /// POST /v2/images answers this status without creating anything.
     pub fail_creates_with: Option<u16>,
+    /// The next `times` requests whose method and path start with `request_prefix` (e.g.
+    /// "GET /v2/images", "POST /v2/images") are answered `status`, with `Retry-After` when set,
+    /// before reaching the API: a proxy or an overloaded API worker.
+    pub transient: Option<Transient>,
+    /// Uploads announcing more bytes than this are refused with 413, as Glance's
+    /// `image_size_cap` or a storage quota refuses them.
+    pub size_cap: Option<u64>,
+    /// GET /v2/images answers 200 with this body verbatim (malformed or surprising pages).
+    pub list_body: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Transient {
+    pub request_prefix: String,
+    pub status: u16,
+    pub times: u32,
+    pub retry_after: Option<u64>,
 }
 
 /// A running fake Glance on 127.0.0.1; stops when dropped.
@@ -1058,7 +1075,28 @@ async fn observe(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Resp
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let mut resp = next.run(req).await;
+    let injected_error = {
+        let mut inner = s.lock();
+        let line = format!("{} {}", method, req.uri().path());
+        match inner.faults.transient.as_mut() {
+            Some(t) if t.times > 0 && line.starts_with(&t.request_prefix) => {
+                t.times -= 1;
+                let mut e = injected(t.status, "Injected transient failure");
+                if let Some(secs) = t.retry_after {
+                    e.headers.push((
+                        header::RETRY_AFTER,
+                        HeaderValue::from_str(&secs.to_string()).unwrap(),
+                    ));
+                }
+                Some(e)
+            }
+            _ => None,
+        }
+    };
+    let mut resp = match injected_error {
+        Some(e) => e.into_response(),
+        None => next.run(req).await,
+    };
     let err = resp.extensions_mut().remove::<GErr>().or_else(|| {
         (resp.status() == StatusCode::METHOD_NOT_ALLOWED).then(|| {
             GErr::new(
@@ -2179,6 +2217,9 @@ impl Filters {
 }
 
 async fn list_images(State(s): State<Arc<Shared>>, uri: Uri) -> Result<Response, GErr> {
+    if let Some(body) = s.lock().faults.list_body.clone() {
+        return Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response());
+    }
     let pairs = parse_query(uri.query().unwrap_or(""));
     // The serializer rebuilds links from dict(params): one value per key (the last),
     // keys in first-seen order.
@@ -2684,6 +2725,11 @@ async fn upload(
     };
     // glance_store treats 0 as "unknown size".
     let expected = expected.filter(|&n| n > 0).map(|n| n as u64);
+    if let (Some(cap), Some(n)) = (s.lock().faults.size_cap, expected)
+        && n > cap
+    {
+        return Err(injected(413, "Image exceeds the storage quota"));
+    }
 
     let (token, algo) = {
         let mut inner = s.lock();
