@@ -245,8 +245,9 @@ fn summary_line(r: &JobReport, seconds: f64) -> String {
         )
     });
     let skipped = count(&|k| matches!(k, ActionKind::Skip { .. }));
+    let pruned = count(&|k| matches!(k, ActionKind::Prune { .. }));
     let mut line = format!(
-        "job {}: {} ({} copied, {:.1} MB; {updated} updated; {in_sync} in sync; {skipped} skipped; {} failed) in {seconds:.1} s",
+        "job {}: {} ({} copied, {:.1} MB; {updated} updated; {in_sync} in sync; {skipped} skipped; {pruned} pruned; {} failed) in {seconds:.1} s",
         r.job,
         r.summary.result,
         r.summary.images_copied,

@@ -439,6 +439,43 @@ impl Execution<'_> {
         Ok(results)
     }
 
+    async fn prune(
+        &self,
+        client: &GlanceClient,
+        target: &str,
+        target_id: &str,
+        delete: bool,
+        unprotect: bool,
+    ) -> Result<(), GlanceError> {
+        let set = |key: &str, value: bool| crate::image::PatchOp {
+            op: "replace",
+            path: format!("/{key}"),
+            value: Some(value.into()),
+        };
+        if !delete {
+            client
+                .patch_image(target_id, &[set("os_hidden", true)])
+                .await?;
+        } else {
+            if unprotect {
+                client
+                    .patch_image(target_id, &[set("protected", false)])
+                    .await?;
+            }
+            match client.delete_image(target_id).await {
+                Err(e) if e.status() != Some(404) => return Err(e),
+                _ => {}
+            }
+            self.state
+                .record_deleted(target, target_id)
+                .map_err(|e| client.protocol("record prune", e.to_string()))?;
+        }
+        self.state
+            .forget_replica(target, target_id)
+            .map_err(|e| client.protocol("record prune", e.to_string()))?;
+        Ok(())
+    }
+
     /// Every action other than a copy: at most one API call, then the record.
     async fn simple(&self, action: Action) -> Result<ActionResult, EngineError> {
         let started = Instant::now();
@@ -457,6 +494,22 @@ impl Execution<'_> {
                         Ok(())
                     }
                 }
+            }
+            ActionKind::Prune {
+                target_id,
+                delete,
+                unprotect,
+            } => {
+                self.prune(client, &action.target, target_id, *delete, *unprotect)
+                    .await
+            }
+            ActionKind::PruneRefused { reason, .. } => {
+                return Ok(ActionResult {
+                    error: Some(reason.clone()),
+                    action,
+                    failure: None,
+                    seconds: 0.0,
+                });
             }
             ActionKind::InSync { .. } | ActionKind::Skip { .. } => Ok(()),
             ActionKind::Copy { .. } => unreachable!("copies go through the transfer pipeline"),
@@ -530,5 +583,8 @@ fn result_word(kind: &ActionKind) -> &'static str {
         ActionKind::InSync { foreign: true, .. } => "in_sync_foreign",
         ActionKind::DeleteHalfMade { .. } => "deleted_unfinished",
         ActionKind::Skip { .. } => "skipped",
+        ActionKind::Prune { delete: true, .. } => "pruned_deleted",
+        ActionKind::Prune { delete: false, .. } => "pruned_hidden",
+        ActionKind::PruneRefused { .. } => "prune_refused",
     }
 }

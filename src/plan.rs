@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::config::Job;
+use crate::config::{Job, PruneMode};
 use crate::image::{
     self, Image, PatchOp, create_body, current_metadata, desired_metadata, metadata_patch,
     same_content, same_identity,
@@ -113,6 +113,18 @@ pub enum ActionKind {
     Skip {
         reason: String,
     },
+    /// Our copy of a source image that no longer exists: hidden or deleted, as the job says.
+    Prune {
+        target_id: String,
+        delete: bool,
+        /// A protected copy, pruned because the job allows it: unprotected first.
+        unprotect: bool,
+    },
+    /// A deletion the job's `max_deletes` guard refused; counts as a failure of the run.
+    PruneRefused {
+        target_id: String,
+        reason: String,
+    },
 }
 
 impl Action {
@@ -138,6 +150,18 @@ impl Action {
                 format!("delete our unfinished copy (status {status})")
             }
             ActionKind::Skip { reason } => format!("skipped: {reason}"),
+            ActionKind::Prune {
+                delete, unprotect, ..
+            } => format!(
+                "prune: {} (source image gone){}",
+                if *delete { "delete" } else { "hide" },
+                if *unprotect {
+                    ", unprotected first"
+                } else {
+                    ""
+                }
+            ),
+            ActionKind::PruneRefused { reason, .. } => format!("prune refused: {reason}"),
         }
     }
 
@@ -148,7 +172,9 @@ impl Action {
             | ActionKind::Deactivate { target_id }
             | ActionKind::Reactivate { target_id }
             | ActionKind::InSync { target_id, .. }
-            | ActionKind::DeleteHalfMade { target_id, .. } => Some(target_id),
+            | ActionKind::DeleteHalfMade { target_id, .. }
+            | ActionKind::Prune { target_id, .. }
+            | ActionKind::PruneRefused { target_id, .. } => Some(target_id),
             ActionKind::Skip { .. } => None,
         }
     }
@@ -355,12 +381,81 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
         }
     }
 
+    actions.extend(prune(input));
+
     Plan {
         job: job.name.clone(),
         source: job.source.clone(),
         actions,
         not_selected,
     }
+}
+
+/// Our established copies, made from this job's source cloud, whose source image is not in the
+/// source listing any more (selected or not: a filter change is no reason to remove a copy).
+fn prune(input: &PlanInput) -> Vec<Action> {
+    let job = input.job;
+    let policy = &job.prune;
+    if policy.mode == PruneMode::Off {
+        return vec![];
+    }
+    let existing: HashSet<&str> = input.source_images.iter().map(|i| i.id.as_str()).collect();
+    let mut actions = Vec::new();
+    for target in &job.targets {
+        let Some(images) = input.target_images.get(target) else {
+            continue;
+        };
+        for img in images {
+            let Some((cloud, source_id)) = img.marker() else {
+                continue;
+            };
+            if cloud != job.source
+                || existing.contains(source_id)
+                || !input.ledger.owns(target, &img.id)
+                || !img.is_established()
+            {
+                continue;
+            }
+            let delete = policy.mode == PruneMode::Delete;
+            if !delete && img.os_hidden {
+                continue; // already hidden
+            }
+            if delete && img.protected && !policy.protected {
+                continue; // protected copies stay unless the job says otherwise
+            }
+            actions.push(Action {
+                source_id: source_id.to_string(),
+                name: img.name.clone(),
+                size: img.size,
+                target: target.clone(),
+                kind: ActionKind::Prune {
+                    target_id: img.id.clone(),
+                    delete,
+                    unprotect: delete && img.protected,
+                },
+            });
+        }
+    }
+    let deletes = actions
+        .iter()
+        .filter(|a| matches!(a.kind, ActionKind::Prune { delete: true, .. }))
+        .count();
+    if deletes > policy.max_deletes {
+        let reason = format!(
+            "{deletes} copies would be deleted, more than max_deletes = {}; nothing is pruned. \
+             Check that the source lists every image, then raise max_deletes for one run",
+            policy.max_deletes
+        );
+        for a in &mut actions {
+            if let ActionKind::Prune { target_id, .. } = &a.kind {
+                a.kind = ActionKind::PruneRefused {
+                    target_id: target_id.clone(),
+                    reason: reason.clone(),
+                };
+            }
+        }
+    }
+    actions
 }
 
 #[cfg(test)]
@@ -377,6 +472,7 @@ mod tests {
             filter: Filter::everything(),
             schedule: None,
             run_on_start: true,
+            prune: Default::default(),
         }
     }
 
@@ -706,6 +802,127 @@ mod tests {
         let p = run(&job(&["a"]), &[s], &[("a", vec![])], &Ledger::default());
         assert!(
             kinds(&p)[0].contains("skipped: no checksum"),
+            "{:?}",
+            kinds(&p)
+        );
+    }
+
+    fn pruning(mode: PruneMode, protected: bool, max_deletes: usize) -> Job {
+        let mut j = job(&["a"]);
+        j.prune = crate::config::PrunePolicy {
+            mode,
+            protected,
+            max_deletes,
+        };
+        j
+    }
+
+    /// Three copies on target "a" whose source images are gone; the second is protected; plus a
+    /// foreign image with a forged marker.
+    fn orphans() -> (Vec<Image>, Ledger) {
+        let mut ledger = Ledger::default();
+        let mut images = Vec::new();
+        for (i, protected) in [(1, false), (2, true), (3, false)] {
+            let mut c = copy_of(
+                &image(&format!("gone{i}"), "old", &format!("m{i}")),
+                &format!("t{i}"),
+            );
+            c.protected = protected;
+            ledger.record_owned("a", &c.id);
+            images.push(c);
+        }
+        let mut forged = copy_of(&image("gone9", "x", "m9"), "f9");
+        forged.id = "f9".into();
+        images.push(forged);
+        (images, ledger)
+    }
+
+    #[test]
+    fn prune_off_leaves_orphaned_copies_alone() {
+        let (imgs, ledger) = orphans();
+        let p = run(&job(&["a"]), &[], &[("a", imgs)], &ledger);
+        assert!(p.actions.is_empty());
+    }
+
+    #[test]
+    fn prune_delete_removes_only_our_unprotected_orphans() {
+        let (imgs, ledger) = orphans();
+        let p = run(
+            &pruning(PruneMode::Delete, false, 10),
+            &[],
+            &[("a", imgs)],
+            &ledger,
+        );
+        let ids: Vec<_> = p.actions.iter().filter_map(|a| a.target_id()).collect();
+        assert_eq!(ids, ["t1", "t3"], "{:?}", kinds(&p));
+        assert!(kinds(&p).iter().all(|k| k.contains("prune: delete")));
+    }
+
+    #[test]
+    fn prune_protected_unprotects_before_deleting() {
+        let (imgs, ledger) = orphans();
+        let p = run(
+            &pruning(PruneMode::Delete, true, 10),
+            &[],
+            &[("a", imgs)],
+            &ledger,
+        );
+        assert_eq!(p.actions.len(), 3);
+        assert!(
+            kinds(&p)[1].contains("unprotected first"),
+            "{:?}",
+            kinds(&p)
+        );
+    }
+
+    #[test]
+    fn prune_hide_hides_protected_copies_too_and_skips_hidden_ones() {
+        let (mut imgs, ledger) = orphans();
+        imgs[0].os_hidden = true;
+        let p = run(
+            &pruning(PruneMode::Hide, false, 0),
+            &[],
+            &[("a", imgs)],
+            &ledger,
+        );
+        let ids: Vec<_> = p.actions.iter().filter_map(|a| a.target_id()).collect();
+        assert_eq!(ids, ["t2", "t3"], "max_deletes does not limit hiding");
+    }
+
+    #[test]
+    fn more_deletions_than_max_deletes_prunes_nothing() {
+        let (imgs, ledger) = orphans();
+        let p = run(
+            &pruning(PruneMode::Delete, false, 1),
+            &[],
+            &[("a", imgs)],
+            &ledger,
+        );
+        assert_eq!(p.actions.len(), 2);
+        assert!(
+            p.actions
+                .iter()
+                .all(|a| matches!(a.kind, ActionKind::PruneRefused { .. }))
+        );
+        assert!(kinds(&p)[0].contains("2 copies would be deleted, more than max_deletes = 1"));
+    }
+
+    #[test]
+    fn a_source_image_that_still_exists_is_not_pruned() {
+        let (imgs, ledger) = orphans();
+        // Still listed on the source, even if the job's filter no longer selects it.
+        let mut still_there = image("gone1", "old", "m1");
+        still_there.status = "queued".into();
+        let p = run(
+            &pruning(PruneMode::Delete, false, 10),
+            &[still_there],
+            &[("a", imgs)],
+            &ledger,
+        );
+        assert!(
+            !p.actions
+                .iter()
+                .any(|a| a.target_id() == Some("t1") && matches!(a.kind, ActionKind::Prune { .. })),
             "{:?}",
             kinds(&p)
         );

@@ -356,6 +356,17 @@ impl State {
         })
     }
 
+    /// `target_id` no longer stands for any source image (its source is gone and it was pruned).
+    pub fn forget_replica(&self, target: &str, target_id: &str) -> Result<(), StateError> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM replicas WHERE target_cloud = ?1 AND target_id = ?2",
+                params![target, target_id],
+            )
+            .map(drop)
+        })
+    }
+
     /// Our image `target_id` no longer exists on `target`.
     pub fn record_deleted(&self, target: &str, target_id: &str) -> Result<(), StateError> {
         self.with(|c| {

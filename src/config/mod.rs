@@ -142,8 +142,39 @@ pub struct Job {
     pub filter: Filter,
     /// When the daemon runs the job; `None` for jobs only run by `glance-sync run`.
     pub schedule: Option<Schedule>,
+    /// What happens to our copies whose source image is gone.
+    pub prune: PrunePolicy,
     /// Whether the daemon runs the job as soon as it starts, before the first scheduled time.
     pub run_on_start: bool,
+}
+
+/// Pruning of copies whose source image no longer exists. Only images glance-sync created are
+/// ever pruned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrunePolicy {
+    pub mode: PruneMode,
+    /// Whether protected copies may be pruned (they are unprotected first).
+    pub protected: bool,
+    /// Above this many deletions in one run, nothing is deleted and the run fails.
+    pub max_deletes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PruneMode {
+    Off,
+    /// Set os_hidden: instances keep working, listings stay clean.
+    Hide,
+    Delete,
+}
+
+impl Default for PrunePolicy {
+    fn default() -> PrunePolicy {
+        PrunePolicy {
+            mode: PruneMode::Off,
+            protected: false,
+            max_deletes: 10,
+        }
+    }
 }
 
 /// Which source images a job selects.
@@ -328,6 +359,9 @@ struct JobEntry {
     timezone: Option<String>,
     interval: Option<jiff::SignedDuration>,
     run_on_start: Option<bool>,
+    prune: Option<String>,
+    prune_protected: Option<bool>,
+    max_deletes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -560,6 +594,20 @@ fn validate_job(
     Ok(Job {
         schedule,
         run_on_start: job.run_on_start.unwrap_or(true),
+        prune: PrunePolicy {
+            mode: match job.prune.as_deref() {
+                None | Some("off") => PruneMode::Off,
+                Some("hide") => PruneMode::Hide,
+                Some("delete") => PruneMode::Delete,
+                Some(other) => {
+                    return Err(format!(
+                        "{at}: prune = \"{other}\" is not one of \"off\", \"hide\", \"delete\""
+                    ));
+                }
+            },
+            protected: job.prune_protected.unwrap_or(false),
+            max_deletes: job.max_deletes.unwrap_or(10),
+        },
         name: job.name.clone(),
         source: job.source.clone(),
         targets: job.targets.clone(),
