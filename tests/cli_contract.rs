@@ -47,6 +47,45 @@ async fn job_naming_an_unknown_cloud_exits_2() {
         "{}",
         run.stderr
     );
+    assert!(
+        run.stderr
+            .contains(&format!("{}: line 11, key 'targets'", cfg.display())),
+        "{}",
+        run.stderr
+    );
+    assert!(!dir.path().join("state.db").exists(), "nothing touched");
+}
+
+#[tokio::test]
+async fn bad_cron_expression_and_same_source_and_target_exit_2_naming_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &[("a", "http://127.0.0.1:1"), ("b", "http://127.0.0.1:2")],
+        "a",
+        &["b"],
+        "schedule = \"*/5 * * * * *\"\n",
+    );
+    let run = glance_sync(&cfg, &["run"]).await;
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("line 17, key 'schedule'") && run.stderr.contains("6 fields"),
+        "{}",
+        run.stderr
+    );
+
+    let cfg = write_config(dir.path(), &[("a", "http://127.0.0.1:1")], "a", &["a"], "");
+    let run = glance_sync(&cfg, &["run"]).await;
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains("key 'targets'") && run.stderr.contains("both source and target"),
+        "{}",
+        run.stderr
+    );
+    let cfg = write_config(dir.path(), &[("a", "http://127.0.0.1:1")], "a", &[], "");
+    let run = glance_sync(&cfg, &["run"]).await;
+    run.assert_code(2);
+    assert!(run.stderr.contains("targets is empty"), "{}", run.stderr);
 }
 
 #[tokio::test]

@@ -421,9 +421,28 @@ impl Config {
             ));
         }
         let mut names = BTreeSet::new();
+        let spans: Option<FileSpans> = toml::from_str(text).ok();
         let mut jobs = Vec::new();
-        for job in &file.jobs {
-            jobs.push(validate_job(job, &clouds, &mut names).map_err(&invalid)?);
+        for (i, job) in file.jobs.iter().enumerate() {
+            let validated = validate_job(job, &clouds, &mut names).map_err(|(key, message)| {
+                let job_spans = spans.as_ref().and_then(|s| s.jobs.get(i));
+                let at = job_spans.and_then(|j| {
+                    j.get_ref()
+                        .start_of(key)
+                        .map(|o| format!("line {}, key '{key}'", line_of(text, o)))
+                        .or_else(|| {
+                            Some(format!(
+                                "line {} ([[jobs]] entry)",
+                                line_of(text, j.span().start)
+                            ))
+                        })
+                });
+                invalid(match at {
+                    Some(at) => format!("{at}: {message}"),
+                    None => message,
+                })
+            })?;
+            jobs.push(validated);
         }
 
         let transfer = TransferSettings {
@@ -523,71 +542,97 @@ fn validate_job(
     job: &JobEntry,
     clouds: &BTreeMap<String, CloudConfig>,
     names: &mut BTreeSet<String>,
-) -> Result<Job, String> {
+) -> Result<Job, (&'static str, String)> {
     let at = format!("job '{}'", job.name);
     if job.name.is_empty() {
-        return Err("a job has an empty name".into());
+        return Err(("name", "a job has an empty name".into()));
     }
     if !names.insert(job.name.clone()) {
-        return Err(format!("{at} is defined twice"));
+        return Err(("name", format!("{at} is defined twice")));
     }
     let known = || clouds.keys().cloned().collect::<Vec<_>>().join(", ");
     if !clouds.contains_key(&job.source) {
-        return Err(format!(
-            "{at}: source '{}' is not a cloud defined under [clouds] (defined: {})",
-            job.source,
-            known()
+        return Err((
+            "source",
+            format!(
+                "{at}: source '{}' is not a cloud defined under [clouds] (defined: {})",
+                job.source,
+                known()
+            ),
         ));
     }
     if job.targets.is_empty() {
-        return Err(format!("{at}: targets is empty; name at least one cloud"));
+        return Err((
+            "targets",
+            format!("{at}: targets is empty; name at least one cloud"),
+        ));
     }
     let mut seen = BTreeSet::new();
     for t in &job.targets {
         if !clouds.contains_key(t) {
-            return Err(format!(
-                "{at}: target '{t}' is not a cloud defined under [clouds] (defined: {})",
-                known()
+            return Err((
+                "targets",
+                format!(
+                    "{at}: target '{t}' is not a cloud defined under [clouds] (defined: {})",
+                    known()
+                ),
             ));
         }
         if t == &job.source {
-            return Err(format!(
-                "{at}: cloud '{t}' is both source and target; an image cannot be copied onto itself"
+            return Err((
+                "targets",
+                format!(
+                    "{at}: cloud '{t}' is both source and target; an image cannot be copied onto itself"
+                ),
             ));
         }
         if !seen.insert(t) {
-            return Err(format!("{at}: target '{t}' is listed twice"));
+            return Err(("targets", format!("{at}: target '{t}' is listed twice")));
         }
     }
     for v in &job.filter.visibility {
         if !VISIBILITIES.contains(&v.as_str()) {
-            return Err(format!(
-                "{at}: filter.visibility '{v}' is not one of {}",
-                VISIBILITIES.join(", ")
+            return Err((
+                "filter",
+                format!(
+                    "{at}: filter.visibility '{v}' is not one of {}",
+                    VISIBILITIES.join(", ")
+                ),
             ));
         }
     }
-    let globs = |patterns: &[String], key: &str| -> Result<GlobSet, String> {
+    let globs = |patterns: &[String], key: &str| -> Result<GlobSet, (&'static str, String)> {
         let mut b = GlobSetBuilder::new();
         for p in patterns {
-            b.add(Glob::new(p).map_err(|e| format!("{at}: filter.{key} '{p}': {e}"))?);
+            b.add(Glob::new(p).map_err(|e| ("filter", format!("{at}: filter.{key} '{p}': {e}")))?);
         }
-        b.build().map_err(|e| format!("{at}: filter.{key}: {e}"))
+        b.build()
+            .map_err(|e| ("filter", format!("{at}: filter.{key}: {e}")))
     };
     let schedule = match (&job.schedule, &job.interval, &job.timezone) {
         (Some(_), Some(_), _) => {
-            return Err(format!("{at}: set schedule or interval, not both"));
+            return Err((
+                "interval",
+                format!("{at}: set schedule or interval, not both"),
+            ));
         }
         (None, _, Some(_)) => {
-            return Err(format!(
-                "{at}: timezone applies to schedule, which is not set"
+            return Err((
+                "timezone",
+                format!("{at}: timezone applies to schedule, which is not set"),
             ));
         }
         (Some(expr), None, tz) => {
-            Some(Schedule::cron(expr, tz.as_deref()).map_err(|e| format!("{at}: {e}"))?)
+            let key = if e_is_tz(expr, tz.as_deref()) {
+                "timezone"
+            } else {
+                "schedule"
+            };
+            Some(Schedule::cron(expr, tz.as_deref()).map_err(|e| (key, format!("{at}: {e}")))?)
         }
         (None, Some(d), None) => Some(Schedule::Interval(
-            positive_duration(Some(*d), 0, "interval").map_err(|e| format!("{at}: {e}"))?,
+            positive_duration(Some(*d), 0, "interval")
+                .map_err(|e| ("interval", format!("{at}: {e}")))?,
         )),
         (None, None, None) => None,
     };
@@ -600,8 +645,11 @@ fn validate_job(
                 Some("hide") => PruneMode::Hide,
                 Some("delete") => PruneMode::Delete,
                 Some(other) => {
-                    return Err(format!(
-                        "{at}: prune = \"{other}\" is not one of \"off\", \"hide\", \"delete\""
+                    return Err((
+                        "prune",
+                        format!(
+                            "{at}: prune = \"{other}\" is not one of \"off\", \"hide\", \"delete\""
+                        ),
                     ));
                 }
             },
@@ -622,6 +670,52 @@ fn validate_job(
             visibility: job.filter.visibility.clone(),
         },
     })
+}
+
+/// Whether a cron schedule fails because of its time zone rather than its expression.
+fn e_is_tz(expr: &str, tz: Option<&str>) -> bool {
+    Schedule::cron(expr, None).is_ok() && tz.is_some()
+}
+
+/// Where each key of a `[[jobs]]` entry stands in the file, to name the line of an error.
+#[derive(Deserialize)]
+struct JobSpans {
+    name: Option<toml::Spanned<toml::Value>>,
+    source: Option<toml::Spanned<toml::Value>>,
+    targets: Option<toml::Spanned<toml::Value>>,
+    schedule: Option<toml::Spanned<toml::Value>>,
+    timezone: Option<toml::Spanned<toml::Value>>,
+    interval: Option<toml::Spanned<toml::Value>>,
+    prune: Option<toml::Spanned<toml::Value>>,
+    filter: Option<toml::Spanned<toml::Value>>,
+}
+
+#[derive(Deserialize)]
+struct FileSpans {
+    #[serde(default)]
+    jobs: Vec<toml::Spanned<JobSpans>>,
+}
+
+impl JobSpans {
+    fn start_of(&self, key: &str) -> Option<usize> {
+        let v = match key {
+            "name" => &self.name,
+            "source" => &self.source,
+            "targets" => &self.targets,
+            "schedule" => &self.schedule,
+            "timezone" => &self.timezone,
+            "interval" => &self.interval,
+            "prune" => &self.prune,
+            "filter" => &self.filter,
+            _ => &None,
+        };
+        v.as_ref().map(|s| s.span().start)
+    }
+}
+
+/// 1-based line of a byte offset.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
 /// Merges the TOML entry over the clouds.yaml entry it refers to, then turns the result into a
@@ -851,6 +945,7 @@ visibility = ["public", "community"]
             .unwrap_err()
             .to_string();
         assert!(err.contains("target 'dr' is not a cloud"), "{err}");
+        assert!(err.contains("test.toml: line 23, key 'targets'"), "{err}");
     }
 
     #[test]
@@ -885,6 +980,7 @@ visibility = ["public", "community"]
             err.contains("job 'golden'") && err.contains("4 fields"),
             "{err}"
         );
+        assert!(err.contains("line 24, key 'schedule'"), "{err}");
         let ok = BASE.replace(
             "targets = [\"lab\"]",
             "targets = [\"lab\"]\ninterval = \"30m\"\nrun_on_start = false",
