@@ -242,18 +242,20 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
     // Source-level verdicts: ineligible, or duplicate of an earlier image with the same identity.
     let mut source_skip: HashMap<&str, String> = HashMap::new();
     let mut duplicate_of: HashMap<&str, &str> = HashMap::new();
-    let mut first_with_identity: Vec<&Image> = Vec::new();
+    // Images are grouped by name so that comparing identities stays linear in the image count.
+    let mut first_with_identity: HashMap<Option<&str>, Vec<&Image>> = HashMap::new();
     for s in &sources {
+        let same_name = first_with_identity.entry(s.name.as_deref()).or_default();
         if let Some(reason) = ineligibility(s) {
             source_skip.insert(&s.id, reason);
-        } else if let Some(orig) = first_with_identity.iter().find(|o| same_identity(o, s)) {
+        } else if let Some(orig) = same_name.iter().find(|o| same_identity(o, s)) {
             source_skip.insert(
                 &s.id,
                 format!("same name and data as source image {}", orig.id),
             );
             duplicate_of.insert(&s.id, &orig.id);
         } else {
-            first_with_identity.push(s);
+            same_name.push(s);
         }
     }
 
@@ -263,6 +265,10 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
     for target in &job.targets {
         let images = input.target_images.get(target).unwrap_or(&empty);
         let by_id: HashMap<&str, &Image> = images.iter().map(|i| (i.id.as_str(), i)).collect();
+        let mut by_name: HashMap<Option<&str>, Vec<&Image>> = HashMap::new();
+        for i in images.iter().filter(|i| i.is_established()) {
+            by_name.entry(i.name.as_deref()).or_default().push(i);
+        }
         let owns = |i: &Image| input.ledger.owns(target, &i.id);
 
         for img in images.iter().filter(|i| owns(i) && !i.is_established()) {
@@ -291,9 +297,12 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
                 .copy_of(target, &s.id)
                 .and_then(|id| by_id.get(id).copied())
                 .filter(|c| owns(c) && c.is_established() && same_content(s, c));
-            let candidates: Vec<&Image> = images
-                .iter()
-                .filter(|c| c.is_established() && same_identity(s, c))
+            let candidates: Vec<&Image> = by_name
+                .get(&s.name.as_deref())
+                .into_iter()
+                .flatten()
+                .copied()
+                .filter(|c| same_identity(s, c))
                 .collect();
             let ours_by_marker = || {
                 candidates
