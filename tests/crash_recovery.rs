@@ -23,14 +23,24 @@ async fn killed_at_ten_moments_then_run_to_completion_ends_like_one_clean_run() 
     for i in 0..6u64 {
         let img = source
             .create_with_data(
-                image_body(&format!("img-{i}"), "raw", json!({"protected": i == 0, "tags": ["t"]})),
+                image_body(
+                    &format!("img-{i}"),
+                    "raw",
+                    json!({"protected": i == 0, "tags": ["t"]}),
+                ),
                 random_bytes(24 << 20, 100 + i),
             )
             .await;
         ids.push(img["id"].as_str().unwrap().to_string());
     }
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &[("prod", &src.url), ("dr", &dst.url)], "prod", &["dr"], "");
+    let cfg = write_config(
+        dir.path(),
+        &[("prod", &src.url), ("dr", &dst.url)],
+        "prod",
+        &["dr"],
+        "",
+    );
 
     // Kill moments spread over listing, creates, uploads, verification and protection; later
     // ones land in runs that have less left to do.
@@ -52,7 +62,10 @@ async fn killed_at_ten_moments_then_run_to_completion_ends_like_one_clean_run() 
         }
         child.wait().unwrap();
     }
-    assert!(killed >= 5, "only {killed} runs were still going when killed");
+    assert!(
+        killed >= 5,
+        "only {killed} runs were still going when killed"
+    );
 
     let last = glance_sync(&cfg, &["run"]).await;
     last.assert_code(0);
@@ -61,9 +74,16 @@ async fn killed_at_ten_moments_then_run_to_completion_ends_like_one_clean_run() 
     assert!(
         images.iter().all(|i| i["status"] == "active"),
         "half-made images left: {:?}",
-        images.iter().map(|i| (&i["id"], &i["status"])).collect::<Vec<_>>()
+        images
+            .iter()
+            .map(|i| (&i["id"], &i["status"]))
+            .collect::<Vec<_>>()
     );
-    assert_eq!(images.len(), ids.len(), "exactly one copy per image, nothing else");
+    assert_eq!(
+        images.len(),
+        ids.len(),
+        "exactly one copy per image, nothing else"
+    );
     let copies = copies_by_source(&target).await;
     for id in &ids {
         let original = source.get(id).await;
@@ -74,7 +94,9 @@ async fn killed_at_ten_moments_then_run_to_completion_ends_like_one_clean_run() 
         }
     }
     let db = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
-    let check: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    let check: String = db
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
     assert_eq!(check, "ok");
     let second = glance_sync(&cfg, &["run"]).await;
     second.assert_code(0);
@@ -87,19 +109,33 @@ async fn a_copy_stuck_in_saving_after_its_glance_died_is_deleted_and_copied_agai
     let id = source.add_image(ImageSpec::new("img", ImageData::synthetic(1 << 20, 5)));
     let target = FakeGlance::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(dir.path(), &[("prod", &source.url), ("dr", &target.url)], "prod", &["dr"], "");
+    let cfg = write_config(
+        dir.path(),
+        &[("prod", &source.url), ("dr", &target.url)],
+        "prod",
+        &["dr"],
+        "",
+    );
     glance_sync(&cfg, &["run"]).await.assert_code(0);
     let first = target.images()[0]["id"].as_str().unwrap().to_string();
     // What a glance-api worker killed mid-upload leaves behind: `saving` forever, no data.
     target.set_status(&first, "saving");
 
     let plan = glance_sync(&cfg, &["plan"]).await;
-    assert!(plan.stdout.contains("delete our unfinished copy (status saving)"), "{}", plan.stdout);
+    assert!(
+        plan.stdout
+            .contains("delete our unfinished copy (status saving)"),
+        "{}",
+        plan.stdout
+    );
     glance_sync(&cfg, &["run"]).await.assert_code(0);
     let images = target.images();
     assert_eq!(images.len(), 1);
     assert_ne!(images[0]["id"], first.as_str(), "replaced by a new copy");
     assert_eq!(images[0]["status"], "active");
-    assert_eq!(images[0]["checksum"], source.image(&id).unwrap()["checksum"]);
+    assert_eq!(
+        images[0]["checksum"],
+        source.image(&id).unwrap()["checksum"]
+    );
     assert!(target.deleted_ids().contains(&first));
 }

@@ -5,6 +5,7 @@
 //! parses configuration.
 
 mod clouds_yaml;
+mod permissions;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -388,6 +389,9 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
+        if let Some(warning) = permissions::secrets_readable_by_others(path, &text) {
+            tracing::warn!("{warning}");
+        }
         Config::parse(path, &text, &clouds_yaml::Environment::from_process())
     }
 
