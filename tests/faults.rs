@@ -143,6 +143,27 @@ async fn a_download_cut_mid_stream_resumes_with_a_range_request_and_no_byte_is_s
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_source_ignoring_range_is_read_again_from_the_start_and_the_sent_part_skipped() {
+    const SIZE: u64 = 6 << 20;
+    let (source, target, id, dir) = pair(SIZE).await;
+    source.set_faults(Faults {
+        truncate_at: Some(2 << 20),
+        data_fault_limit: Some(1),
+        ignore_range: true,
+        ..Faults::default()
+    });
+    run(&dir, &source, &target).await.assert_code(0);
+    assert_one_exact_copy(&source, &target, &id);
+    let downloads: Vec<String> = source
+        .request_log()
+        .into_iter()
+        .filter(|r| r.contains("/file"))
+        .collect();
+    assert!(downloads[1].ends_with("(200)"), "{downloads:?}");
+    assert_eq!(source.bytes_served(), SIZE + (2 << 20));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_stalled_download_is_abandoned_after_stall_timeout_and_resumed() {
     let (source, target, id, dir) = pair(4 << 20).await;
     source.set_faults(Faults {

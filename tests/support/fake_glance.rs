@@ -92,6 +92,11 @@ pub struct FakeOptions {
     /// uploads cost no memory. Such images answer GET /file with 204, like a store
     /// that lost the data.
     pub store_data: bool,
+    /// false (benchmarks): an upload whose size was announced with
+    /// [`FakeGlance::declare_upload`] is not hashed; the image records the declared digests
+    /// instead, so the fake receives faster than a client can send. The bytes are then not
+    /// checked at all. Uploads of an undeclared size are hashed as usual.
+    pub hash_uploads: bool,
 }
 
 impl Default for FakeOptions {
@@ -99,6 +104,7 @@ impl Default for FakeOptions {
         FakeOptions {
             hash_algo: "sha512".to_owned(),
             store_data: true,
+            hash_uploads: true,
         }
     }
 }
@@ -226,6 +232,9 @@ pub struct Faults {
     pub size_cap: Option<u64>,
     /// GET /v2/images answers 200 with this body verbatim (malformed or surprising pages).
     pub list_body: Option<String>,
+    /// GET /file ignores `Range` and sends the whole image with 200, as some proxies and stores
+    /// do.
+    pub ignore_range: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -260,6 +269,7 @@ impl FakeGlance {
         let state = Arc::new(Shared {
             algo,
             store_data: opts.store_data,
+            hash_uploads: opts.hash_uploads,
             addr: addr.to_string(),
             inner: Mutex::new(Inner::default()),
             bytes_served: AtomicU64::new(0),
@@ -474,6 +484,17 @@ impl FakeGlance {
         }
     }
 
+    /// With `hash_uploads: false`: an upload of `data.len()` bytes records `data`'s digests
+    /// (in the server's algorithm) without hashing what it receives. Benchmarks only.
+    pub fn declare_upload(&self, data: &ImageData) {
+        let algo = self.state.algo;
+        let digests = Stored::from(data.clone()).digests(algo);
+        self.state
+            .lock()
+            .declared_uploads
+            .insert((data.len(), algo), digests);
+    }
+
     /// Ids deleted through the API; they can never be reused (409), as in real Glance.
     pub fn deleted_ids(&self) -> Vec<String> {
         let mut ids: Vec<String> = self.state.lock().deleted.iter().cloned().collect();
@@ -542,6 +563,7 @@ fn synthetic_word(seed: u64, idx: u64) -> u64 {
 struct Shared {
     algo: HashAlgo,
     store_data: bool,
+    hash_uploads: bool,
     addr: String,
     inner: Mutex<Inner>,
     bytes_served: AtomicU64,
@@ -568,6 +590,8 @@ struct Inner {
     request_seq: u64,
     write_requests: usize,
     upload_seq: u64,
+    /// `declare_upload`: (size, algorithm) → (md5, multihash) recorded for such uploads.
+    declared_uploads: HashMap<(u64, HashAlgo), (String, String)>,
 }
 
 impl Inner {
@@ -2796,7 +2820,13 @@ async fn upload(
         armed: true,
     };
 
-    let mut hashers = Hashers::new(algo);
+    // Benchmarks: a declared upload is not hashed (see `FakeOptions::hash_uploads`).
+    let declared = if s.hash_uploads {
+        None
+    } else {
+        expected.and_then(|n| s.lock().declared_uploads.get(&(n, algo)).cloned())
+    };
+    let mut hashers = declared.is_none().then(|| Hashers::new(algo));
     let mut count: u64 = 0;
     let mut head: Vec<u8> = Vec::with_capacity(INSPECT_BYTES);
     let mut kept = s.store_data.then(BytesMut::new);
@@ -2816,7 +2846,9 @@ async fn upload(
                 "Size exceeds: expected {exp} bytes, got {total} bytes"
             )));
         }
-        hashers.update(&chunk);
+        if let Some(h) = hashers.as_mut() {
+            h.update(&chunk);
+        }
         if head.len() < INSPECT_BYTES {
             let n = (INSPECT_BYTES - head.len()).min(chunk.len());
             head.extend_from_slice(&chunk[..n]);
@@ -2837,7 +2869,11 @@ async fn upload(
         return Err(injected(code, "Injected upload failure"));
     }
 
-    let (md5, multi) = hashers.finish();
+    let (md5, multi) = match (hashers, declared) {
+        (Some(h), _) => h.finish(),
+        (None, Some(d)) => d,
+        (None, None) => unreachable!("an upload is either hashed or declared"),
+    };
     let mut inner = s.lock();
     let t = inner.tick();
     guard.armed = false;
@@ -3049,7 +3085,8 @@ async fn download(
     };
     let range_header = headers
         .get(header::RANGE)
-        .map(|v| v.to_str().unwrap_or("\u{0}"));
+        .map(|v| v.to_str().unwrap_or("\u{0}"))
+        .filter(|_| !s.lock().faults.ignore_range);
     let range = parse_range(range_header, size)?;
     let (offset, len) = range.map_or((0, size), |(o, l, _)| (o, l));
     let dl = Download {
