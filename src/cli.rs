@@ -389,7 +389,9 @@ async fn check(config: &Config) -> Result<ExitCode, Failure> {
                 Ok(()) => println!("{name}: ok, image endpoint {endpoint}"),
                 Err(e) => {
                     ok = false;
-                    println!("{name}: authenticated, image endpoint {endpoint}, but: {e}");
+                    println!(
+                        "{name}: FAILED: image endpoint {endpoint} does not answer as Glance v2: {e}"
+                    );
                 }
             },
             Err(e) => {

@@ -389,16 +389,14 @@ impl GlanceClient {
             );
             let resp = match resp {
                 Ok(r) => r,
-                Err(e) if e.is_connect() || e.is_timeout() || e.is_request() => {
-                    match backoff.next() {
-                        Some(wait) => {
-                            tracing::warn!(cloud = %self.cloud(), operation, "{}; retrying in {:.1} s", error_chain(&e), wait.as_secs_f64());
-                            tokio::time::sleep(wait).await;
-                            continue;
-                        }
-                        None => return Err(self.transport(operation, &e)),
+                Err(e) if is_transient(&e) => match backoff.next() {
+                    Some(wait) => {
+                        tracing::warn!(cloud = %self.cloud(), operation, "{}; retrying in {:.1} s", error_chain(&e), wait.as_secs_f64());
+                        tokio::time::sleep(wait).await;
+                        continue;
                     }
-                }
+                    None => return Err(self.transport(operation, &e)),
+                },
                 Err(e) => return Err(self.transport(operation, &e)),
             };
             let status = resp.status();
@@ -479,6 +477,15 @@ impl GlanceClient {
             message,
         }
     }
+}
+
+/// Failures to reach the cloud that may pass if tried again. A certificate that does not verify
+/// will not verify next time either: retrying it only delays the error.
+fn is_transient(e: &reqwest::Error) -> bool {
+    let chain = error_chain(e).to_ascii_lowercase();
+    (e.is_connect() || e.is_timeout() || e.is_request())
+        && !chain.contains("certificate")
+        && !chain.contains("tls handshake")
 }
 
 /// Answers that may pass if asked again.
