@@ -89,6 +89,24 @@ async fn bad_cron_expression_and_same_source_and_target_exit_2_naming_the_line()
 }
 
 #[tokio::test]
+async fn invalid_toml_exits_2_naming_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        "[state]\npath = \"/tmp/x.db\"\n\n[clouds.a\nauth_type = \"none\"\n",
+    )
+    .unwrap();
+    let run = glance_sync(&cfg, &["check"]).await;
+    run.assert_code(2);
+    assert!(
+        run.stderr.contains(&cfg.display().to_string()) && run.stderr.contains("line 4"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test]
 async fn unknown_job_on_the_command_line_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(

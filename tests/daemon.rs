@@ -439,3 +439,171 @@ fn systemd_units_pass_systemd_analyze_verify() {
         "systemd-analyze verify:\n{stderr}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn daemon_tells_systemd_ready_status_and_pings_the_watchdog() {
+    let source = FakeGlance::start().await;
+    source.add_image(ImageSpec::new(
+        "img",
+        ImageData::Bytes(vec![3u8; 4096].into()),
+    ));
+    let target = FakeGlance::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let port = free_port();
+    let cfg = write_config(
+        dir.path(),
+        &[("prod", &source.url), ("dr", &target.url)],
+        "prod",
+        &["dr"],
+        &daemon_extra("interval = \"1h\"", port, ""),
+    );
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_glance-sync"))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("daemon")
+        .env("NOTIFY_SOCKET", &socket_path)
+        // systemd's WatchdogSec=1s: pings are due every half second.
+        .env("WATCHDOG_USEC", "1000000")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    // Without WATCHDOG_PID, WATCHDOG_USEC applies to whichever process reads it: the daemon.
+    let messages = tokio::task::spawn_blocking(move || {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(8) {
+            let Ok(n) = socket.recv(&mut buf) else { break };
+            seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            let all = seen.join("\n");
+            if all.contains("READY=1")
+                && all.matches("WATCHDOG=1").count() >= 2
+                && all.contains("STATUS=running job")
+            {
+                break;
+            }
+        }
+        seen
+    })
+    .await
+    .unwrap();
+    let all = messages.join("\n");
+    assert!(all.contains("READY=1"), "{messages:?}");
+    assert!(all.contains("STATUS=running job job"), "{messages:?}");
+    assert!(all.matches("WATCHDOG=1").count() >= 2, "{messages:?}");
+    let pid = child.id().unwrap() as libc::pid_t;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_prometheus_scrapes_the_daemon_and_loads_the_alert_rules() {
+    let source = FakeGlance::start().await;
+    source.add_image(ImageSpec::new(
+        "img",
+        ImageData::Bytes(vec![9u8; 4096].into()),
+    ));
+    let target = FakeGlance::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = write_config(
+        dir.path(),
+        &[("prod", &source.url), ("dr", &target.url)],
+        "prod",
+        &["dr"],
+        &daemon_extra("interval = \"1h\"", port, ""),
+    );
+    let mut d = DaemonProc::start(&cfg, port).await;
+
+    // The shipped scrape config and rules, pointed at this daemon and scraping every second.
+    let root = env!("CARGO_MANIFEST_DIR");
+    let scrape = std::fs::read_to_string(format!("{root}/deploy/prometheus/prometheus.yml"))
+        .unwrap()
+        .replace("127.0.0.1:9420", &format!("127.0.0.1:{port}"))
+        .replace(
+            "scrape_interval: 30s",
+            "scrape_interval: 1s\n  evaluation_interval: 1s",
+        );
+    std::fs::write(dir.path().join("prometheus.yml"), scrape).unwrap();
+    std::fs::copy(
+        format!("{root}/deploy/prometheus/alerts.yml"),
+        dir.path().join("alerts.yml"),
+    )
+    .unwrap();
+    let prom_port = free_port();
+    let _prometheus = KillOnDrop(
+        std::process::Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian package prometheus; tests/run.sh installs it)"),
+    );
+    let api = format!("http://127.0.0.1:{prom_port}/api/v1");
+    let query = |q: &'static str| {
+        let api = api.clone();
+        async move {
+            let r = reqwest::get(format!("{api}/query?query={q}")).await.ok()?;
+            let v: serde_json::Value = r.json().await.ok()?;
+            v["data"]["result"]
+                .as_array()
+                .filter(|a| !a.is_empty())
+                .cloned()
+        }
+    };
+    d.wait_for(
+        Duration::from_secs(60),
+        "Prometheus to scrape the daemon",
+        || async { query("glance_sync_bytes_copied_total").await.is_some() },
+    )
+    .await;
+    let series = query("glance_sync_bytes_copied_total").await.unwrap();
+    assert_eq!(
+        series[0]["metric"]["job"], "job",
+        "honor_labels keeps glance-sync's job label"
+    );
+    assert_eq!(series[0]["value"][1], "4096");
+    let up = query("up").await.unwrap();
+    assert_eq!(up[0]["value"][1], "1");
+    let rules: serde_json::Value = reqwest::get(format!("{api}/rules"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let loaded = rules["data"]["groups"][0]["rules"]
+        .as_array()
+        .map_or(0, |r| r.len());
+    assert_eq!(loaded, 5, "{rules}");
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(Duration::from_secs(30)).await.0, 0);
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
