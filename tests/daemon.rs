@@ -595,6 +595,28 @@ async fn a_real_prometheus_scrapes_the_daemon_and_loads_the_alert_rules() {
         .as_array()
         .map_or(0, |r| r.len());
     assert_eq!(loaded, 5, "{rules}");
+
+    // Every query of the shipped Grafana dashboard is valid PromQL against the live series.
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(format!("{root}/deploy/grafana/glance-sync.json")).unwrap(),
+    )
+    .unwrap();
+    let client = reqwest::Client::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap().replace("$job", ".*");
+            let r: serde_json::Value = client
+                .get(format!("{api}/query"))
+                .query(&[("query", expr.as_str())])
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(r["status"], "success", "{}: {expr}: {r}", panel["title"]);
+        }
+    }
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait_exit(Duration::from_secs(30)).await.0, 0);
 }
