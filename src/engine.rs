@@ -554,12 +554,14 @@ impl Execution<'_> {
             ),
             None if action.writes() => tracing::info!(
                 job = %self.job.name, image = %name, source_id = %action.source_id,
-                target = %action.target, result = result_word(&action.kind), seconds = format_args!("{seconds:.1}"),
+                target = %action.target, result = result_word(&action.kind),
+                size = action.size.unwrap_or(0), seconds = format_args!("{seconds:.1}"),
                 "'{name}' on {}: {}", action.target, action.describe()
             ),
             None => tracing::info!(
                 job = %self.job.name, image = %name, source_id = %action.source_id,
                 target = %action.target, result = result_word(&action.kind),
+                size = action.size.unwrap_or(0),
                 "'{name}' on {}: {}", action.target, action.describe()
             ),
         }
