@@ -92,7 +92,8 @@ async fn corrupt_source_bytes_never_become_an_active_image_on_the_target() {
 #[ignore = "needs real Glance: run tests/run.sh"]
 async fn truncated_download_fails_the_image_and_leaves_no_half_made_copy() {
     let source = FakeGlance::start().await;
-    let (spec, _) = image("cut-short", 4 << 20, 3);
+    // Every response breaks after 1 MiB: 8 MiB would need 7 resumes, more than the default 4.
+    let (spec, _) = image("cut-short", 8 << 20, 3);
     let id = source.add_image(spec);
     source.set_faults(Faults {
         truncate_at: Some(1 << 20),
@@ -110,6 +111,11 @@ async fn truncated_download_fails_the_image_and_leaves_no_half_made_copy() {
     let run = glance_sync(&cfg, &["run"]).await;
     run.assert_code(1);
     assert!(run.stdout.contains(&id), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("gave up after 4 resumes"),
+        "{}",
+        run.stdout
+    );
     assert!(
         Api::new(&dst.url).list_all().await.is_empty(),
         "the aborted copy must be deleted"

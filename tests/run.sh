@@ -6,7 +6,7 @@
 #      (first run ~1-2 min, then < 1 s)
 #   3. tests/harness/keystone.sh start (stopped again at exit, together with any
 #      Glance instance left under $GLANCE_SYNC_HARNESS/state)
-#   4. cargo test --all-targets -- --include-ignored --test-threads 2 [ARGS...]
+#   4. cargo test --all-targets --no-fail-fast -- --include-ignored --test-threads 2 [ARGS...]
 #      (tests needing real Glance/Keystone are #[ignore]d for plain cargo test)
 # Exit code: the first failing step's, else cargo test's.
 # Env: GLANCE_SYNC_HARNESS (default <repo>/target/harness), KEYSTONE_PORT
@@ -69,4 +69,4 @@ STARTED_SERVICES=1
 "$H/glance.sh" stop-all   # leftovers of an interrupted earlier run
 step keystone "$H/keystone.sh" start
 
-step test cargo test --all-targets -- --include-ignored --test-threads 2 "$@"
+step test cargo test --all-targets --no-fail-fast -- --include-ignored --test-threads 2 "$@"
