@@ -1,0 +1,1587 @@
+//! The performance benchmark of glance-sync (docs/benchmarks.md): one command that measures, in the
+//! same run and side by side, the hash ceiling of this machine, glance-sync's streamed copy between
+//! two fast fake Glance servers, the openstacksdk peer on the same fakes, glance-sync against the
+//! `curl GET | curl PUT` pipe between two real Glance servers, a no-op run over 10,000 images, the
+//! plan step alone, four images in parallel and a two-target fan-out; then prints a table of medians
+//! and checks the issue's targets.
+//!
+//! ```text
+//! cargo bench --bench sync -- [--size-mib N] [--reps N] [--quick] [--only LIST] ...
+//! ```
+//! `--help` lists the options. Run by `cargo test --all-targets` (no `--bench` argument) it behaves
+//! as `--quick`: tiny sizes, one repetition, no real Glance, a few seconds.
+
+#[path = "../tests/support/fake_glance.rs"]
+mod fake_glance;
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use md5::{Digest, Md5};
+use serde_json::{Value, json};
+use sha2::Sha512;
+
+use fake_glance::{FakeGlance, FakeOptions, ImageData, ImageSpec, synthetic_bytes};
+use glance_sync::config::{Filter, Job};
+use glance_sync::image::{Image, MARKER_SOURCE_CLOUD, MARKER_SOURCE_ID};
+use glance_sync::plan::{Ledger, PlanInput, plan};
+
+const MIB: u64 = 1 << 20;
+const SECTIONS: &[&str] = &[
+    "hash", "copy", "peer", "real", "noop", "plan", "parallel", "fanout",
+];
+
+// ---------------------------------------------------------------------------------------------
+// Options
+// ---------------------------------------------------------------------------------------------
+
+struct Args {
+    /// (2)/(3): the image copied between the fakes.
+    size_mib: u64,
+    reps: usize,
+    quick: bool,
+    /// (1): in-memory data hashed per repetition.
+    hash_mib: u64,
+    /// (4): the image copied between the real Glance servers.
+    real_mib: u64,
+    /// (7): size of each of the four images.
+    parallel_mib: u64,
+    /// (5): images already in sync.
+    noop_images: usize,
+    /// (6): source images (and as many target copies).
+    plan_images: usize,
+    only: Vec<String>,
+    /// (3b): also the peer without `stream=True` (holds the image in memory).
+    peer_in_memory: bool,
+    /// Another glance-sync binary to measure (e.g. a build with an engine change).
+    exe: Option<PathBuf>,
+}
+
+const USAGE: &str = "\
+cargo bench --bench sync -- [OPTIONS]
+  --size-mib N          image copied between the fakes, (2) (3) and the fan-out (default 2048)
+  --reps N              repetitions per measurement, medians reported (default 5)
+  --quick               tiny sizes, 1 repetition, no real Glance (what `cargo test` runs)
+  --hash-mib N          in-memory data hashed in (1) (default 512)
+  --real-size-mib N     image copied between the real Glance servers, (4) (default 512)
+  --parallel-mib N      size of each of the 4 parallel images, (7) (default 512)
+  --noop-images N       images in sync for the no-op run, (5) (default 10000)
+  --plan-images N       source images (and target copies) planned, (6) (default 10000)
+  --no-peer-in-memory   skip (3b), the peer downloading into memory (2 × the image in RAM)
+  --glance-sync PATH    measure this glance-sync binary instead of this build's (A/B of a change)
+  --only LIST           comma-separated subset of: hash,copy,peer,real,noop,plan,parallel,fanout
+";
+
+fn parse_args() -> Args {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    // `cargo bench` passes --bench; `cargo test --all-targets` does not: then this is a smoke test.
+    let bench_mode = argv.iter().any(|a| a == "--bench");
+    let mut a = Args {
+        size_mib: 2048,
+        reps: 5,
+        quick: !bench_mode,
+        hash_mib: 512,
+        real_mib: 512,
+        parallel_mib: 512,
+        noop_images: 10_000,
+        plan_images: 10_000,
+        only: Vec::new(),
+        peer_in_memory: true,
+        exe: None,
+    };
+    let mut explicit: Vec<&str> = Vec::new();
+    let mut it = argv.iter();
+    let num = |it: &mut std::slice::Iter<String>, flag: &str| -> u64 {
+        it.next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| die(&format!("{flag} needs a number\n{USAGE}")))
+    };
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--size-mib" => {
+                a.size_mib = num(&mut it, arg);
+                explicit.push("size");
+            }
+            "--reps" => {
+                a.reps = num(&mut it, arg).max(1) as usize;
+                explicit.push("reps");
+            }
+            "--hash-mib" => {
+                a.hash_mib = num(&mut it, arg);
+                explicit.push("hash");
+            }
+            "--real-size-mib" => a.real_mib = num(&mut it, arg),
+            "--parallel-mib" => {
+                a.parallel_mib = num(&mut it, arg);
+                explicit.push("parallel");
+            }
+            "--noop-images" => {
+                a.noop_images = num(&mut it, arg) as usize;
+                explicit.push("noop");
+            }
+            "--plan-images" => a.plan_images = num(&mut it, arg) as usize,
+            "--quick" => a.quick = true,
+            "--no-peer-in-memory" => a.peer_in_memory = false,
+            "--glance-sync" => {
+                a.exe = Some(PathBuf::from(it.next().unwrap_or_else(|| die(USAGE))));
+            }
+            "--only" => {
+                let list = it.next().unwrap_or_else(|| die(USAGE));
+                for s in list.split(',').filter(|s| !s.is_empty()) {
+                    if !SECTIONS.contains(&s) {
+                        die(&format!("--only: unknown section {s}\n{USAGE}"));
+                    }
+                    a.only.push(s.to_owned());
+                }
+            }
+            "--help" | "-h" => {
+                print!("{USAGE}");
+                std::process::exit(0);
+            }
+            // cargo's own flags (--bench) and a test runner's (--include-ignored, filters).
+            _ => {}
+        }
+    }
+    if a.quick {
+        let keep = |name: &str| explicit.contains(&name);
+        if !keep("size") {
+            a.size_mib = 8;
+        }
+        if !keep("reps") {
+            a.reps = 1;
+        }
+        if !keep("hash") {
+            a.hash_mib = 8;
+        }
+        if !keep("parallel") {
+            a.parallel_mib = 4;
+        }
+        if !keep("noop") {
+            a.noop_images = 100;
+        }
+    }
+    a
+}
+
+fn die(msg: &str) -> ! {
+    eprintln!("{msg}");
+    std::process::exit(2);
+}
+
+impl Args {
+    fn wants(&self, section: &str) -> bool {
+        if section == "real" && self.quick {
+            return false;
+        }
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measuring
+// ---------------------------------------------------------------------------------------------
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let n = s.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    }
+}
+
+fn range(v: &[f64]) -> (f64, f64) {
+    v.iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| {
+            (lo.min(*x), hi.max(*x))
+        })
+}
+
+/// User + system CPU seconds of this process so far (the fakes run in it).
+fn self_cpu() -> f64 {
+    // SAFETY: plain FFI call; `rusage` is a POD struct the kernel fills in.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// CPU seconds of the calling thread.
+fn thread_cpu() -> f64 {
+    // SAFETY: plain FFI call filling a POD struct.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+fn tv(t: libc::timeval) -> f64 {
+    t.tv_sec as f64 + t.tv_usec as f64 / 1e6
+}
+
+/// A child process run to completion, measured by the kernel.
+struct ChildRun {
+    code: i32,
+    wall: f64,
+    /// User + system CPU seconds of the child (wait4's rusage).
+    cpu: f64,
+    /// Peak RSS of the child's own program (VmHWM), see [`run_child`].
+    peak_rss_mib: f64,
+    stdout: String,
+    stderr: String,
+}
+
+impl ChildRun {
+    fn check(&self, what: &str) -> &Self {
+        if self.code != 0 {
+            panic!(
+                "{what} exited {}\n--- stdout\n{}\n--- stderr (tail)\n{}",
+                self.code,
+                tail(&self.stdout, 4000),
+                tail(&self.stderr, 8000)
+            );
+        }
+        self
+    }
+}
+
+fn tail(s: &str, n: usize) -> &str {
+    let mut start = s.len().saturating_sub(n);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
+}
+
+/// VmHWM of a live process, in KiB.
+fn vm_hwm_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Runs `cmd` with stdout/stderr in files under `dir`; blocking (the fakes keep serving on the
+/// runtime's worker threads meanwhile).
+///
+/// Peak RSS is the child's VmHWM, sampled every 5 ms until it exits (VmHWM is a high-water mark,
+/// so only growth in its last few milliseconds could be missed). wait4's `ru_maxrss` is not used:
+/// Linux carries the pre-exec high-water mark into it, i.e. the RSS of this (large) bench process
+/// that spawned the child. The child is reaped by wait4 after waitid(WNOWAIT) saw it exit, so its
+/// pid cannot be reused while it is sampled.
+// The child is reaped by wait4 (which also yields its rusage), not by Child::wait.
+#[allow(clippy::zombie_processes)]
+fn run_child(mut cmd: Command, dir: &Path, tag: &str) -> ChildRun {
+    let out_path = dir.join(format!("{tag}.stdout"));
+    let err_path = dir.join(format!("{tag}.stderr"));
+    cmd.stdin(Stdio::null())
+        .stdout(File::create(&out_path).expect("stdout file"))
+        .stderr(File::create(&err_path).expect("stderr file"));
+    let started = Instant::now();
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {tag}: {e} ({cmd:?})"));
+    let pid = child.id();
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !done.load(Ordering::Relaxed) {
+                if let Some(kib) = vm_hwm_kib(pid) {
+                    peak = peak.max(kib);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            peak
+        })
+    };
+    loop {
+        // SAFETY: plain FFI call; `siginfo_t` is a POD struct the kernel fills in.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if rc == 0 {
+            break;
+        }
+        let err = std::io::Error::last_os_error();
+        assert_eq!(
+            err.kind(),
+            std::io::ErrorKind::Interrupted,
+            "waitid {tag}: {err}"
+        );
+    }
+    let wall = started.elapsed().as_secs_f64();
+    done.store(true, Ordering::Relaxed);
+    let peak_kib = sampler.join().unwrap();
+    let mut status = 0;
+    // SAFETY: plain FFI call; `rusage` is a POD struct the kernel fills in.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
+    assert_eq!(rc, pid as libc::pid_t, "wait4 {tag}");
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        -1
+    };
+    ChildRun {
+        code,
+        wall,
+        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+        peak_rss_mib: peak_kib as f64 / 1024.0,
+        stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
+        stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Report {
+    rows: Vec<[String; 4]>,
+    targets: Vec<(String, String, Option<bool>)>,
+}
+
+impl Report {
+    fn row(&mut self, id: &str, what: &str, value: String, detail: String) {
+        self.rows
+            .push([id.to_owned(), what.to_owned(), value, detail]);
+        let r = self.rows.last().unwrap();
+        eprintln!("[bench] {:<5} {:<44} {:>22}  {}", r[0], r[1], r[2], r[3]);
+    }
+
+    fn target(&mut self, what: &str, measured: String, met: Option<bool>) {
+        self.targets.push((what.to_owned(), measured, met));
+    }
+
+    fn print(&self, header: &str) {
+        let mut out = String::new();
+        writeln!(out, "\n{header}").unwrap();
+        let w = [
+            5,
+            self.rows.iter().map(|r| r[1].len()).max().unwrap_or(0),
+            self.rows.iter().map(|r| r[2].len()).max().unwrap_or(0),
+        ];
+        writeln!(
+            out,
+            "| {:<w0$} | {:<w1$} | {:>w2$} | detail |",
+            "#",
+            "measure",
+            "median",
+            w0 = w[0],
+            w1 = w[1],
+            w2 = w[2]
+        )
+        .unwrap();
+        writeln!(
+            out,
+            "|{}|{}|{}:|---|",
+            "-".repeat(w[0] + 2),
+            "-".repeat(w[1] + 2),
+            "-".repeat(w[2] + 1)
+        )
+        .unwrap();
+        for r in &self.rows {
+            writeln!(
+                out,
+                "| {:<w0$} | {:<w1$} | {:>w2$} | {} |",
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                w0 = w[0],
+                w1 = w[1],
+                w2 = w[2]
+            )
+            .unwrap();
+        }
+        if !self.targets.is_empty() {
+            writeln!(out, "\n| target | measured | met |\n|---|---|---|").unwrap();
+            for (what, measured, met) in &self.targets {
+                let m = match met {
+                    Some(true) => "met",
+                    Some(false) => "NOT met",
+                    None => "n/a",
+                };
+                writeln!(out, "| {what} | {measured} | {m} |").unwrap();
+            }
+        }
+        print!("{out}");
+    }
+}
+
+/// The transfer rates glance-sync logs per copy ("copied 'x' to t: 2147.5 MB in 4.6 s (466.8 MB/s)").
+fn logged_mbps(log: &str) -> Vec<f64> {
+    log.lines()
+        .filter(|l| l.contains("copied '"))
+        .filter_map(|l| {
+            let end = l.find(" MB/s)")?;
+            let start = l[..end].rfind('(')? + 1;
+            l[start..end].trim().parse().ok()
+        })
+        .collect()
+}
+
+fn mbps(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / 1e6 / secs
+}
+
+// ---------------------------------------------------------------------------------------------
+// glance-sync and its config
+// ---------------------------------------------------------------------------------------------
+
+/// The glance-sync binary of this build (cargo builds it for the bench: target/release with
+/// `cargo bench`). Built with `cargo build --release` if it is missing.
+fn glance_sync_exe() -> PathBuf {
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_glance-sync"));
+    if !exe.exists() {
+        eprintln!("[bench] {} missing: cargo build --release", exe.display());
+        let st = Command::new(env!("CARGO"))
+            .args(["build", "--release", "--bin", "glance-sync"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo build");
+        assert!(st.success(), "cargo build --release failed");
+        let release = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/release/glance-sync");
+        return if exe.exists() { exe } else { release };
+    }
+    exe
+}
+
+/// A config with `auth_type = none` clouds (as tests/support/sync_cli.rs writes it) and one job
+/// from `source` to `targets`; `extra` is appended (e.g. a `[transfer]` table).
+fn write_config(
+    dir: &Path,
+    clouds: &[(&str, &str)],
+    source: &str,
+    targets: &[&str],
+    extra: &str,
+) -> PathBuf {
+    let mut text = format!("[state]\npath = \"{}\"\n\n", dir.join("state.db").display());
+    for (name, url) in clouds {
+        text.push_str(&format!(
+            "[clouds.{name}]\nauth_type = \"none\"\nimage_endpoint_override = \"{url}\"\n\n"
+        ));
+    }
+    let targets = targets
+        .iter()
+        .map(|t| format!("\"{t}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    text.push_str(&format!(
+        "[[jobs]]\nname = \"bench\"\nsource = \"{source}\"\ntargets = [{targets}]\n\n{extra}"
+    ));
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn glance_sync_run(exe: &Path, config: &Path) -> Command {
+    let mut c = Command::new(exe);
+    c.arg("--config")
+        .arg(config)
+        .arg("run")
+        .env_remove("RUST_LOG");
+    c
+}
+
+/// A fresh directory under the bench's temp dir.
+fn subdir(base: &Path, name: &str) -> PathBuf {
+    let d = base.join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A fake target that neither keeps nor hashes an upload of `data`'s size (it reports `data`'s
+/// digests), so it costs only the socket reads.
+fn fast_target(rt: &tokio::runtime::Runtime, data: &[&ImageData]) -> FakeGlance {
+    let t = rt.block_on(FakeGlance::start_with(FakeOptions {
+        store_data: false,
+        hash_uploads: false,
+        ..FakeOptions::default()
+    }));
+    for d in data {
+        t.declare_upload(d);
+    }
+    t
+}
+
+/// The copy of `name` on `target` is active with `source_image`'s size and digests.
+fn assert_copied(target: &FakeGlance, name: &str, source_image: &Value) {
+    let copy = target
+        .images()
+        .into_iter()
+        .find(|i| i["name"] == name)
+        .unwrap_or_else(|| panic!("no copy of {name} on the target"));
+    assert_eq!(copy["status"], "active", "{copy}");
+    for k in ["size", "checksum", "os_hash_value"] {
+        assert_eq!(copy[k], source_image[k], "{k} of the copy of {name}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// (1) the hash limit
+// ---------------------------------------------------------------------------------------------
+
+/// One run of (1): MD5 and SHA-512 over the same in-memory data on two threads.
+struct HashRun {
+    /// MB/s until both are done (wall clock): the ceiling of one verified stream.
+    both: f64,
+    /// Per CPU-second of each thread: what a core does when it is not shared.
+    md5_cpu: f64,
+    sha512_cpu: f64,
+}
+
+/// MD5 and SHA-512 over the same in-memory data on two threads, 1 MiB at a time.
+fn hash_two_threads(data: &Arc<Vec<u8>>) -> HashRun {
+    fn hash_on_thread<D: Digest>(d: Arc<Vec<u8>>) -> std::thread::JoinHandle<f64> {
+        std::thread::spawn(move || {
+            let c0 = thread_cpu();
+            let mut h = D::new();
+            for c in d.chunks(MIB as usize) {
+                h.update(c);
+            }
+            std::hint::black_box(h.finalize());
+            thread_cpu() - c0
+        })
+    }
+    let len = data.len() as u64;
+    let started = Instant::now();
+    let md5 = hash_on_thread::<Md5>(data.clone());
+    let sha = hash_on_thread::<Sha512>(data.clone());
+    let (cm, cs) = (md5.join().unwrap(), sha.join().unwrap());
+    HashRun {
+        both: mbps(len, started.elapsed().as_secs_f64()),
+        md5_cpu: mbps(len, cm),
+        sha512_cpu: mbps(len, cs),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// (3) the openstacksdk peer
+// ---------------------------------------------------------------------------------------------
+
+fn venv_python() -> PathBuf {
+    let harness = std::env::var_os("GLANCE_SYNC_HARNESS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/harness"));
+    harness.join("venv-glance/bin/python")
+}
+
+fn venv_has_openstacksdk() -> bool {
+    let py = venv_python();
+    py.exists()
+        && Command::new(&py)
+            .args(["-c", "import openstack"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
+/// The real-Glance venv (Glance + openstacksdk), installed by tests/harness/install.sh if missing.
+fn ensure_harness() -> PathBuf {
+    let py = venv_python();
+    if !venv_has_openstacksdk() {
+        eprintln!("[bench] no openstacksdk venv: running tests/harness/install.sh");
+        let st =
+            Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/harness/install.sh"))
+                .status()
+                .expect("run install.sh");
+        assert!(st.success(), "tests/harness/install.sh failed");
+    }
+    py
+}
+
+fn write_clouds_yaml(dir: &Path, clouds: &[(&str, &str)]) -> PathBuf {
+    let mut y = String::from("clouds:\n");
+    for (name, url) in clouds {
+        y.push_str(&format!(
+            "  {name}:\n    auth_type: none\n    auth:\n      endpoint: {url}\n    image_endpoint_override: {url}\n"
+        ));
+    }
+    let p = dir.join("clouds.yaml");
+    std::fs::write(&p, y).unwrap();
+    p
+}
+
+fn peer_cmd(py: &Path, clouds_yaml: &Path, image: &str, workdir: &Path) -> Command {
+    let mut c = Command::new(py);
+    c.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peer_openstacksdk.py"))
+        .args(["--source", "src", "--target", "dst", "--image", image])
+        .arg("--workdir")
+        .arg(workdir)
+        .env("OS_CLIENT_CONFIG_FILE", clouds_yaml)
+        .env("PYTHONWARNINGS", "ignore");
+    c
+}
+
+// ---------------------------------------------------------------------------------------------
+// (4) real Glance
+// ---------------------------------------------------------------------------------------------
+
+/// A real Glance 33 (tests/harness/glance.sh) under a harness root of the bench's own, so that a
+/// test run's `glance.sh stop-all` does not stop it; stopped on drop.
+struct RealGlance {
+    harness: PathBuf,
+    name: String,
+    port: u16,
+    url: String,
+    /// The uWSGI master: its own session and process group (setsid).
+    pgid: i32,
+}
+
+fn glance_sh() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/harness/glance.sh")
+}
+
+/// target/bench-harness: links to the shared venv and template DB, its own `state/`.
+fn bench_harness() -> PathBuf {
+    let py = ensure_harness();
+    let shared = py
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_owned();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-harness");
+    std::fs::create_dir_all(&root).unwrap();
+    for name in ["venv-glance", "template"] {
+        let link = root.join(name);
+        if std::fs::symlink_metadata(&link).is_err() {
+            std::os::unix::fs::symlink(shared.join(name), &link).unwrap();
+        }
+    }
+    root
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind 127.0.0.1:0")
+}
+
+impl RealGlance {
+    fn start(harness: &Path, name: &str) -> RealGlance {
+        for _ in 0..5 {
+            let port = free_port();
+            let out = Command::new(glance_sh())
+                .args(["start", name, &port.to_string()])
+                .env("GLANCE_SYNC_HARNESS", harness)
+                .stdin(Stdio::null())
+                .output()
+                .expect("glance.sh start");
+            if out.status.success() {
+                let url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+                let pidfile = harness.join(format!("state/{name}-{port}/uwsgi.pid"));
+                let pgid = std::fs::read_to_string(&pidfile)
+                    .ok()
+                    .and_then(|p| p.trim().parse().ok())
+                    .unwrap_or(-1);
+                return RealGlance {
+                    harness: harness.to_owned(),
+                    name: name.to_owned(),
+                    port,
+                    url,
+                    pgid,
+                };
+            }
+            if out.status.code() != Some(3) {
+                panic!(
+                    "glance.sh start {name} {port} failed:\n{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        panic!("no free port for real Glance {name}");
+    }
+}
+
+impl RealGlance {
+    /// CPU seconds used so far by every process of this Glance (uWSGI master and workers).
+    fn cpu(&self) -> f64 {
+        // SAFETY: sysconf has no preconditions.
+        let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let mut ticks = 0u64;
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // Fields after "(comm)": state ppid pgrp ... utime(12th) stime(13th).
+            let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+                continue;
+            };
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            if f.len() > 12 && f[2].parse::<i32>().ok() == Some(self.pgid) {
+                ticks += f[11].parse::<u64>().unwrap_or(0) + f[12].parse::<u64>().unwrap_or(0);
+            }
+        }
+        ticks as f64 / tick
+    }
+}
+
+impl Drop for RealGlance {
+    fn drop(&mut self) {
+        let _ = Command::new(glance_sh())
+            .args(["stop", &self.name, &self.port.to_string()])
+            .env("GLANCE_SYNC_HARNESS", &self.harness)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+async fn glance_create(http: &reqwest::Client, url: &str, name: &str) -> String {
+    let r = http
+        .post(format!("{url}/v2/images"))
+        .json(&json!({"name": name, "disk_format": "raw", "container_format": "bare"}))
+        .send()
+        .await
+        .expect("create image");
+    assert_eq!(
+        r.status(),
+        201,
+        "create {name}: {}",
+        r.text().await.unwrap()
+    );
+    let v: Value = r.json().await.unwrap();
+    v["id"].as_str().unwrap().to_owned()
+}
+
+async fn glance_images_named(http: &reqwest::Client, url: &str, name: &str) -> Vec<Value> {
+    let mut attempt = 0;
+    loop {
+        let r = http
+            .get(format!("{url}/v2/images"))
+            .query(&[("name", name), ("limit", "100")])
+            .send()
+            .await;
+        match r {
+            Ok(r) if r.status().is_success() => {
+                let v: Value = r.json().await.expect("image list JSON");
+                return v["images"].as_array().cloned().unwrap_or_default();
+            }
+            other if attempt < 3 => {
+                attempt += 1;
+                eprintln!("[bench] listing {url} failed ({other:?}), retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+            other => panic!("list images on {url}: {other:?}"),
+        }
+    }
+}
+
+async fn glance_delete_named(http: &reqwest::Client, url: &str, name: &str) {
+    for img in glance_images_named(http, url, name).await {
+        let id = img["id"].as_str().unwrap();
+        if img["protected"] == true {
+            http.patch(format!("{url}/v2/images/{id}"))
+                .header(
+                    "content-type",
+                    "application/openstack-images-v2.1-json-patch",
+                )
+                .body(r#"[{"op":"replace","path":"/protected","value":false}]"#)
+                .send()
+                .await
+                .unwrap();
+        }
+        let r = http
+            .delete(format!("{url}/v2/images/{id}"))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "delete {id}: {}", r.status());
+    }
+}
+
+/// The one image called `name` on `url` is active with `expect`'s size and digests.
+async fn glance_assert_copy(http: &reqwest::Client, url: &str, name: &str, expect: &Value) {
+    let imgs = glance_images_named(http, url, name).await;
+    assert_eq!(imgs.len(), 1, "copies of {name} on {url}: {imgs:?}");
+    for k in ["status", "size", "checksum", "os_hash_value"] {
+        assert_eq!(imgs[0][k], expect[k], "{k} of the copy of {name} on {url}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// (6) the planner
+// ---------------------------------------------------------------------------------------------
+
+fn synthetic_image(id: &str, name: &str, n: usize) -> Image {
+    Image {
+        id: id.into(),
+        name: Some(name.into()),
+        status: "active".into(),
+        visibility: "public".into(),
+        protected: false,
+        os_hidden: false,
+        disk_format: Some("qcow2".into()),
+        container_format: Some("bare".into()),
+        size: Some(1 << 30),
+        checksum: Some(format!("{n:032x}")),
+        os_hash_algo: Some("sha512".into()),
+        os_hash_value: Some(format!("{n:0128x}")),
+        min_disk: 10,
+        min_ram: 512,
+        tags: vec!["golden".into(), format!("build-{}", n % 97)],
+        owner: Some("admin".into()),
+        created_at: Some("2026-01-01T00:00:00Z".into()),
+        extra: [
+            ("os_distro", "ubuntu"),
+            ("os_version", "24.04"),
+            ("hw_disk_bus", "virtio"),
+            ("hw_vif_model", "virtio"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), Value::from(v)))
+        .collect(),
+    }
+}
+
+/// Plans `n` source images against their `n` copies on one target (all in sync, as on every run
+/// that finds nothing to do); returns the thread CPU seconds of `plan()` alone.
+fn plan_cpu(n: usize, reps: usize) -> (Vec<f64>, usize) {
+    let source: Vec<Image> = (0..n)
+        .map(|i| synthetic_image(&format!("s-{i:08}"), &format!("image-{i:05}"), i))
+        .collect();
+    let mut ledger = Ledger::default();
+    let copies: Vec<Image> = source
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let mut c = s.clone();
+            c.id = format!("t-{i:08}");
+            c.extra
+                .insert(MARKER_SOURCE_CLOUD.into(), Value::from("src"));
+            c.extra
+                .insert(MARKER_SOURCE_ID.into(), Value::from(s.id.clone()));
+            ledger.record_copy("dst", &s.id, &c.id);
+            ledger.record_owned("dst", &c.id);
+            c
+        })
+        .collect();
+    let targets = [("dst".to_owned(), copies)].into_iter().collect();
+    let job = Job {
+        name: "bench".into(),
+        source: "src".into(),
+        targets: vec!["dst".into()],
+        filter: Filter::everything(),
+        schedule: None,
+        run_on_start: true,
+        prune: Default::default(),
+    };
+    let input = PlanInput {
+        job: &job,
+        source_images: &source,
+        target_images: &targets,
+        ledger: &ledger,
+    };
+    let mut times = Vec::new();
+    let mut writes = 0;
+    for _ in 0..reps {
+        let mut next = 0u64;
+        let t0 = thread_cpu();
+        let p = plan(&input, &mut || {
+            next += 1;
+            format!("new-{next}")
+        });
+        times.push(thread_cpu() - t0);
+        assert_eq!(p.actions.len(), n, "one action per image and target");
+        writes = p.actions.iter().filter(|a| a.writes()).count();
+        drop(std::hint::black_box(p));
+    }
+    (times, writes)
+}
+
+// ---------------------------------------------------------------------------------------------
+// main
+// ---------------------------------------------------------------------------------------------
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "?".into());
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    format!(
+        "{} CPUs ({cpu}), load average {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load.join(" ")
+    )
+}
+
+fn main() {
+    let args = parse_args();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let tmp = tempfile::Builder::new()
+        .prefix("glance-sync-bench-")
+        .tempdir()
+        .expect("temp dir");
+    let base = tmp.path();
+    let exe = args.exe.clone().unwrap_or_else(glance_sync_exe);
+    let started = Instant::now();
+    let machine_before = machine();
+    eprintln!(
+        "[bench] {} | reps {} | copy {} MiB | binary {}",
+        machine_before,
+        args.reps,
+        args.size_mib,
+        exe.display()
+    );
+    let mut rep = Report::default();
+    let quick = args.quick;
+    let size = args.size_mib * MIB;
+
+    // ---- (1) the hash limit, (2) glance-sync and (3) the peer, interleaved ------------------
+    // One repetition of each in turn, so that a change in the machine's load (it is shared)
+    // hits all three alike and their ratios stay meaningful.
+    let mut hash_limit = None;
+    let mut hash_cpu_per_gb: Option<f64> = None;
+    let mut paired_hash_ratio = None;
+    let mut paired_peer_ratio = None;
+    let mut copy_mbps = None;
+    let mut copy_rss = None;
+    let mut peer_mbps_med = None;
+    if args.wants("hash") || args.wants("copy") || args.wants("peer") {
+        let hash_data = args.wants("hash").then(|| {
+            let mut buf = vec![0u8; (args.hash_mib * MIB) as usize];
+            fake_glance::synthetic_fill(1, 0, &mut buf);
+            Arc::new(buf)
+        });
+        let data = ImageData::synthetic(size, 42);
+        let source = rt.block_on(FakeGlance::start());
+        let t = Instant::now();
+        let id = source.add_image(ImageSpec::new("big", data.clone()));
+        if args.wants("copy") || args.wants("peer") {
+            eprintln!(
+                "[bench] source image of {} MiB hashed once in {:.1} s",
+                args.size_mib,
+                t.elapsed().as_secs_f64()
+            );
+        }
+        let original = source.image(&id).unwrap();
+        // A quick run (CI) does not install the harness: without it, no peer.
+        let py = if !args.wants("peer") {
+            None
+        } else if quick && !venv_has_openstacksdk() {
+            eprintln!("[bench] no openstacksdk venv (tests/harness/install.sh): peer skipped");
+            None
+        } else {
+            Some(ensure_harness())
+        };
+        let (mut both, mut md5s, mut shas) = (vec![], vec![], vec![]);
+        let (mut gs, mut gs_cpu, mut gs_rss, mut fake_cpu) = (vec![], vec![], vec![], vec![]);
+        let mut gs_logged = vec![];
+        let (mut peer_mem, mut peer_mem_rss) = (vec![], vec![]);
+        let (mut peer, mut peer_cpu, mut peer_rss, mut peer_fake_cpu) =
+            (vec![], vec![], vec![], vec![]);
+        let gb = size as f64 / 1e9;
+        for i in 0..args.reps {
+            if let Some(d) = &hash_data {
+                let h = hash_two_threads(d);
+                both.push(h.both);
+                md5s.push(h.md5_cpu);
+                shas.push(h.sha512_cpu);
+                eprintln!(
+                    "[bench]   rep {i}: hash limit {:.0} MB/s (per CPU-s: MD5 {:.0}, SHA-512 {:.0})",
+                    h.both, h.md5_cpu, h.sha512_cpu
+                );
+            }
+            if args.wants("copy") {
+                let target = fast_target(&rt, &[&data]);
+                let dir = subdir(base, &format!("copy-{i}"));
+                let cfg = write_config(
+                    &dir,
+                    &[("src", &source.url), ("dst", &target.url)],
+                    "src",
+                    &["dst"],
+                    "",
+                );
+                let served = source.bytes_served();
+                let c0 = self_cpu();
+                let r = run_child(glance_sync_run(&exe, &cfg), &dir, "glance-sync");
+                fake_cpu.push((self_cpu() - c0) / gb);
+                r.check("glance-sync run");
+                assert_copied(&target, "big", &original);
+                assert_eq!(source.bytes_served() - served, size, "source read once");
+                gs.push(mbps(size, r.wall));
+                gs_cpu.push(r.cpu / gb);
+                gs_rss.push(r.peak_rss_mib);
+                gs_logged.extend(logged_mbps(&r.stderr));
+                eprintln!(
+                    "[bench]   rep {i}: glance-sync {:.0} MB/s, {:.2} CPU-s/GB, {:.1} MiB",
+                    mbps(size, r.wall),
+                    r.cpu / gb,
+                    r.peak_rss_mib
+                );
+            }
+            if let Some(py) = &py {
+                let target = fast_target(&rt, &[&data]);
+                let dir = subdir(base, &format!("peer-{i}"));
+                let clouds = write_clouds_yaml(&dir, &[("src", &source.url), ("dst", &target.url)]);
+                let c0 = self_cpu();
+                let r = run_child(peer_cmd(py, &clouds, "big", &dir), &dir, "peer");
+                peer_fake_cpu.push((self_cpu() - c0) / gb);
+                r.check("peer_openstacksdk.py");
+                assert_copied(&target, "big", &original);
+                peer.push(mbps(size, r.wall));
+                peer_cpu.push(r.cpu / gb);
+                peer_rss.push(r.peak_rss_mib);
+                eprintln!(
+                    "[bench]   rep {i}: openstacksdk {:.0} MB/s, {:.2} CPU-s/GB, {:.1} MiB",
+                    mbps(size, r.wall),
+                    r.cpu / gb,
+                    r.peak_rss_mib
+                );
+                if args.peer_in_memory {
+                    let target = fast_target(&rt, &[&data]);
+                    let dir = subdir(base, &format!("peer-mem-{i}"));
+                    let clouds =
+                        write_clouds_yaml(&dir, &[("src", &source.url), ("dst", &target.url)]);
+                    let mut cmd = peer_cmd(py, &clouds, "big", &dir);
+                    cmd.arg("--in-memory-download");
+                    let r = run_child(cmd, &dir, "peer");
+                    r.check("peer_openstacksdk.py --in-memory-download");
+                    assert_copied(&target, "big", &original);
+                    peer_mem.push(mbps(size, r.wall));
+                    peer_mem_rss.push(r.peak_rss_mib);
+                    eprintln!(
+                        "[bench]   rep {i}: openstacksdk, in-memory download {:.0} MB/s, {:.1} MiB",
+                        mbps(size, r.wall),
+                        r.peak_rss_mib
+                    );
+                }
+            }
+        }
+        let paired = |a: &[f64], b: &[f64]| {
+            let r: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
+            (!r.is_empty()).then(|| median(&r))
+        };
+        paired_hash_ratio = paired(&gs, &both);
+        paired_peer_ratio = paired(&gs, &peer);
+        if !both.is_empty() {
+            let (lo, hi) = range(&both);
+            hash_limit = Some(median(&both));
+            hash_cpu_per_gb = Some(1000.0 / median(&md5s) + 1000.0 / median(&shas));
+            rep.row(
+                "1",
+                "hash limit: MD5 ‖ SHA-512, two threads",
+                format!("{:.0} MB/s", median(&both)),
+                format!(
+                    "range {lo:.0}–{hi:.0}; per CPU-second MD5 {:.0}, SHA-512 {:.0} MB/s, i.e. both cost {:.2} CPU-s/GB; {} MiB in memory",
+                    median(&md5s),
+                    median(&shas),
+                    hash_cpu_per_gb.unwrap(),
+                    args.hash_mib
+                ),
+            );
+        }
+        if !gs.is_empty() {
+            let (lo, hi) = range(&gs);
+            copy_mbps = Some(median(&gs));
+            copy_rss = Some(range(&gs_rss).1);
+            rep.row(
+                "2",
+                &format!("glance-sync, {} MiB, fake → fake", args.size_mib),
+                format!("{:.0} MB/s", median(&gs)),
+                format!(
+                    "range {lo:.0}–{hi:.0}; transfer alone {} MB/s (its log); {:.2} CPU-s/GB{}; peak RSS {:.1} MiB (max of reps); fakes {:.2} CPU-s/GB",
+                    if gs_logged.is_empty() {
+                        "?".to_owned()
+                    } else {
+                        format!("{:.0}", median(&gs_logged))
+                    },
+                    median(&gs_cpu),
+                    hash_cpu_per_gb.map_or(String::new(), |h| format!(
+                        " ({:.0}% of it hashing)",
+                        100.0 * h / median(&gs_cpu)
+                    )),
+                    range(&gs_rss).1,
+                    median(&fake_cpu)
+                ),
+            );
+        }
+        if !peer.is_empty() {
+            let (lo, hi) = range(&peer);
+            peer_mbps_med = Some(median(&peer));
+            rep.row(
+                "3",
+                &format!("openstacksdk peer, {} MiB, fake → fake", args.size_mib),
+                format!("{:.0} MB/s", median(&peer)),
+                format!(
+                    "range {lo:.0}–{hi:.0}; {:.2} CPU-s/GB; peak RSS {:.1} MiB; fakes {:.2} CPU-s/GB; download_image(stream=True) to a file, then create_image(filename=)",
+                    median(&peer_cpu),
+                    range(&peer_rss).1,
+                    median(&peer_fake_cpu)
+                ),
+            );
+        }
+        if !peer_mem.is_empty() {
+            let (lo, hi) = range(&peer_mem);
+            rep.row(
+                "3b",
+                "same, download_image without stream=True",
+                format!("{:.0} MB/s", median(&peer_mem)),
+                format!(
+                    "range {lo:.0}–{hi:.0}; peak RSS {:.1} MiB: the SDK reads the whole image into memory first; glance-sync / this = {:.2}",
+                    range(&peer_mem_rss).1,
+                    median(&gs) / median(&peer_mem)
+                ),
+            );
+        }
+    }
+
+    // ---- (4) real Glance: glance-sync vs curl | curl ---------------------------------------
+    let mut real_ratio = None;
+    if args.wants("real") {
+        let real_size = args.real_mib * MIB;
+        let harness = bench_harness();
+        let t = Instant::now();
+        let src = RealGlance::start(&harness, "bench-src");
+        let dst = RealGlance::start(&harness, "bench-dst");
+        eprintln!(
+            "[bench] real Glance up in {:.1} s: {} → {}",
+            t.elapsed().as_secs_f64(),
+            src.url,
+            dst.url
+        );
+        // No pooled connections: each call on a fresh one, so a keep-alive connection that
+        // uWSGI let go stale cannot fail a call.
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .timeout(std::time::Duration::from_secs(120))
+            .build()
+            .expect("http client");
+        let name = "real-big";
+        let source_image: Value = rt.block_on(async {
+            let id = glance_create(&http, &src.url, name).await;
+            let body = synthetic_bytes(7, 0, real_size as usize);
+            let t = Instant::now();
+            let r = http
+                .put(format!("{}/v2/images/{id}/file", src.url))
+                .header("content-type", "application/octet-stream")
+                .body(body)
+                .send()
+                .await
+                .expect("upload source image");
+            assert!(r.status().is_success(), "upload: {}", r.status());
+            eprintln!(
+                "[bench] source image uploaded to real Glance at {:.0} MB/s",
+                mbps(real_size, t.elapsed().as_secs_f64())
+            );
+            http.get(format!("{}/v2/images/{id}", src.url))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap()
+        });
+        let source_id = source_image["id"].as_str().unwrap().to_owned();
+        let checksum = source_image["checksum"].as_str().unwrap().to_owned();
+        let sha512 = source_image["os_hash_value"].as_str().unwrap().to_owned();
+        // Variants: 0 glance-sync; 1 the pipe as typed; 2 the pipe without `Expect:
+        // 100-continue` (curl sends it for uploads and waits up to 1 s for an answer uWSGI never
+        // gives); 3 that pipe with MD5 and SHA-512 checked on the side (tee into md5sum and
+        // sha512sum), i.e. doing the same verification work as glance-sync.
+        const VARIANTS: usize = 4;
+        let labels = [
+            "",
+            "curl GET → curl PUT pipe, as typed",
+            "same pipe, PUT without Expect: 100-continue",
+            "same, plus tee → md5sum, sha512sum (verified)",
+        ];
+        let mut rate: [Vec<f64>; VARIANTS] = Default::default();
+        let mut client_cpu: [Vec<f64>; VARIANTS] = Default::default();
+        // CPU-s/GB of the two Glance servers, per variant.
+        let mut glance_cpu: [Vec<f64>; VARIANTS] = Default::default();
+        let mut gs_logged = vec![];
+        let gb = real_size as f64 / 1e9;
+        for i in 0..args.reps {
+            // Rotate the order, so that a drift in the machine's load hits all alike.
+            for k in 0..VARIANTS {
+                let which = (i + k) % VARIANTS;
+                let dir = subdir(base, &format!("real-{i}-{which}"));
+                let servers0 = src.cpu() + dst.cpu();
+                let r = if which == 0 {
+                    let cfg = write_config(
+                        &dir,
+                        &[("src", &src.url), ("dst", &dst.url)],
+                        "src",
+                        &["dst"],
+                        "",
+                    );
+                    let r = run_child(glance_sync_run(&exe, &cfg), &dir, "glance-sync");
+                    r.check("glance-sync run (real Glance)");
+                    gs_logged.extend(logged_mbps(&r.stderr));
+                    r
+                } else {
+                    let target_id = rt.block_on(glance_create(&http, &dst.url, name));
+                    let get = format!("curl -sS --fail {}/v2/images/{source_id}/file", src.url);
+                    let put = format!(
+                        "curl -sS --fail -X PUT {}-H 'Content-Type: application/octet-stream' \
+                         -T - {}/v2/images/{target_id}/file",
+                        if which == 1 { "" } else { "-H 'Expect:' " },
+                        dst.url
+                    );
+                    let d = dir.display();
+                    let script = if which == 3 {
+                        format!(
+                            "set -o pipefail; {get} | tee >(md5sum > {d}/md5) >(sha512sum > {d}/sha) \
+                             | {put} || exit 1; \
+                             for _ in $(seq 1000); do [ -s {d}/md5 ] && [ -s {d}/sha ] && break; sleep 0.005; done; \
+                             grep -q {checksum} {d}/md5 && grep -q {sha512} {d}/sha"
+                        )
+                    } else {
+                        format!("set -o pipefail; {get} | {put}")
+                    };
+                    let mut c = Command::new("bash");
+                    c.args(["-c", &script]);
+                    let r = run_child(c, &dir, "curl");
+                    r.check(labels[which]);
+                    r
+                };
+                glance_cpu[which].push((src.cpu() + dst.cpu() - servers0) / gb);
+                rate[which].push(mbps(real_size, r.wall));
+                // For the pipes: bash and the curls (md5sum/sha512sum are not waited for by
+                // bash, so their CPU is not in it).
+                client_cpu[which].push(r.cpu / gb);
+                eprintln!(
+                    "[bench]   rep {i}: {} {:.0} MB/s",
+                    if which == 0 {
+                        "glance-sync"
+                    } else {
+                        labels[which]
+                    },
+                    mbps(real_size, r.wall)
+                );
+                rt.block_on(async {
+                    glance_assert_copy(&http, &dst.url, name, &source_image).await;
+                    glance_delete_named(&http, &dst.url, name).await;
+                });
+            }
+        }
+        let best_pipe = median(&rate[1]).max(median(&rate[2]));
+        let ratio = median(&rate[0]) / best_pipe;
+        real_ratio = Some(ratio);
+        let (lo, hi) = range(&rate[0]);
+        rep.row(
+            "4",
+            &format!("glance-sync, {} MiB, real Glance → real Glance", args.real_mib),
+            format!("{:.0} MB/s", median(&rate[0])),
+            format!(
+                "range {lo:.0}–{hi:.0}; transfer alone {} MB/s (its log); glance-sync {:.2} CPU-s/GB, the two Glance {:.2} CPU-s/GB",
+                if gs_logged.is_empty() {
+                    "?".to_owned()
+                } else {
+                    format!("{:.0}", median(&gs_logged))
+                },
+                median(&client_cpu[0]),
+                median(&glance_cpu[0])
+            ),
+        );
+        for (which, label) in labels.iter().enumerate().skip(1) {
+            let (lo, hi) = range(&rate[which]);
+            rep.row(
+                "4",
+                label,
+                format!("{:.0} MB/s", median(&rate[which])),
+                format!(
+                    "range {lo:.0}–{hi:.0}; glance-sync / this = {:.2}; the two Glance {:.2} CPU-s/GB, curls {:.2} CPU-s/GB; the target image's create is not timed",
+                    median(&rate[0]) / median(&rate[which]),
+                    median(&glance_cpu[which]),
+                    median(&client_cpu[which])
+                ),
+            );
+        }
+        drop(dst);
+        drop(src);
+    }
+
+    // ---- (5) no-op run over N images in sync ----------------------------------------------
+    let mut noop = None;
+    if args.wants("noop") {
+        let n = args.noop_images;
+        let source = rt.block_on(FakeGlance::start());
+        for i in 0..n {
+            let mut spec = ImageSpec::new(
+                format!("tiny-{i:05}"),
+                ImageData::Bytes(Bytes::from(format!("tiny image number {i}\n"))),
+            );
+            spec.properties.insert("os_distro".into(), "cirros".into());
+            source.add_image(spec);
+        }
+        let target = rt.block_on(FakeGlance::start());
+        let dir = subdir(base, "noop");
+        // The first run copies everything (more images in flight to make that quicker); the
+        // measured runs use the default settings over the same state.
+        let prep_cfg = write_config(
+            &dir,
+            &[("src", &source.url), ("dst", &target.url)],
+            "src",
+            &["dst"],
+            "[transfer]\nmax_parallel_images = 8\n",
+        );
+        let r = run_child(glance_sync_run(&exe, &prep_cfg), &dir, "prep");
+        r.check("glance-sync run (copying the tiny images)");
+        assert_eq!(target.images().len(), n, "every tiny image copied");
+        let prep = r.wall;
+        let cfg = write_config(
+            &dir,
+            &[("src", &source.url), ("dst", &target.url)],
+            "src",
+            &["dst"],
+            "",
+        );
+        let (mut walls, mut reqs, mut cpus, mut fake_cpus) = (vec![], vec![], vec![], vec![]);
+        let mut log_example = Vec::new();
+        for i in 0..args.reps {
+            source.clear_requests();
+            target.clear_requests();
+            let c0 = self_cpu();
+            let r = run_child(glance_sync_run(&exe, &cfg), &dir, &format!("noop-{i}"));
+            fake_cpus.push(self_cpu() - c0);
+            r.check("glance-sync run (no-op)");
+            let writes = source.write_requests() + target.write_requests();
+            assert_eq!(writes, 0, "a no-op run writes nothing");
+            let s_log = source.request_log();
+            let t_log = target.request_log();
+            reqs.push((s_log.len() + t_log.len()) as f64);
+            walls.push(r.wall);
+            cpus.push(r.cpu);
+            if i == 0 {
+                log_example = s_log
+                    .iter()
+                    .map(|l| format!("src {l}"))
+                    .chain(t_log.iter().map(|l| format!("dst {l}")))
+                    .collect();
+            }
+        }
+        eprintln!(
+            "[bench] no-op requests (rep 0):\n  {}",
+            log_example.join("\n  ")
+        );
+        let (lo, hi) = range(&walls);
+        noop = Some((median(&walls), range(&reqs).1));
+        rep.row(
+            "5",
+            &format!("no-op run, {n} images in sync (fakes)"),
+            format!("{:.2} s", median(&walls)),
+            format!(
+                "range {lo:.2}–{hi:.2} s; {:.0} HTTP requests (max of reps); glance-sync {:.2} CPU-s, the fakes {:.2} CPU-s; first run (copying them) {prep:.1} s",
+                range(&reqs).1,
+                median(&cpus),
+                median(&fake_cpus)
+            ),
+        );
+    }
+
+    // ---- (6) the plan step alone ----------------------------------------------------------
+    let mut plan_med = None;
+    if args.wants("plan") {
+        let n = args.plan_images;
+        let (times, writes) = plan_cpu(n, args.reps);
+        assert_eq!(writes, 0, "every image is in sync");
+        let (lo, hi) = range(&times);
+        plan_med = Some(median(&times));
+        rep.row(
+            "6",
+            &format!("plan {n} source × {n} target images"),
+            format!("{:.3} s", median(&times)),
+            format!("range {lo:.3}–{hi:.3} s; thread CPU time of glance_sync::plan::plan()"),
+        );
+    }
+
+    // ---- (7) four images in parallel ------------------------------------------------------
+    let mut par = None;
+    if args.wants("parallel") {
+        let psize = args.parallel_mib * MIB;
+        let data = ImageData::synthetic(psize, 9);
+        let source = rt.block_on(FakeGlance::start());
+        let names: Vec<String> = (0..4).map(|i| format!("par-{i}")).collect();
+        let ids: Vec<String> = names
+            .iter()
+            .map(|n| source.add_image(ImageSpec::new(n.clone(), data.clone())))
+            .collect();
+        let original = source.image(&ids[0]).unwrap();
+        let (mut rates, mut rss, mut cpu) = (vec![], vec![], vec![]);
+        let total = 4 * psize;
+        for i in 0..args.reps {
+            let target = fast_target(&rt, &[&data]);
+            let dir = subdir(base, &format!("par-{i}"));
+            let cfg = write_config(
+                &dir,
+                &[("src", &source.url), ("dst", &target.url)],
+                "src",
+                &["dst"],
+                "[transfer]\nmax_parallel_images = 4\n",
+            );
+            let r = run_child(glance_sync_run(&exe, &cfg), &dir, "glance-sync");
+            r.check("glance-sync run (4 in parallel)");
+            for n in &names {
+                assert_copied(&target, n, &original);
+            }
+            rates.push(mbps(total, r.wall));
+            rss.push(r.peak_rss_mib);
+            cpu.push(r.cpu / (total as f64 / 1e9));
+        }
+        let (lo, hi) = range(&rates);
+        par = Some((median(&rates), range(&rss).1));
+        rep.row(
+            "7",
+            &format!("4 × {} MiB in parallel (fakes)", args.parallel_mib),
+            format!("{:.0} MB/s", median(&rates)),
+            format!(
+                "range {lo:.0}–{hi:.0} total; {:.2} CPU-s/GB; peak RSS {:.1} MiB (max of reps)",
+                median(&cpu),
+                range(&rss).1
+            ),
+        );
+    }
+
+    // ---- fan-out: two targets, the source is read once ------------------------------------
+    let mut fanout = None;
+    if args.wants("fanout") {
+        let fsize = (size / 4).max(MIB);
+        let data = ImageData::synthetic(fsize, 5);
+        let source = rt.block_on(FakeGlance::start());
+        let id = source.add_image(ImageSpec::new("fan", data.clone()));
+        let original = source.image(&id).unwrap();
+        let a = fast_target(&rt, &[&data]);
+        let b = fast_target(&rt, &[&data]);
+        let dir = subdir(base, "fanout");
+        let cfg = write_config(
+            &dir,
+            &[("src", &source.url), ("a", &a.url), ("b", &b.url)],
+            "src",
+            &["a", "b"],
+            "",
+        );
+        let r = run_child(glance_sync_run(&exe, &cfg), &dir, "glance-sync");
+        r.check("glance-sync run (fan-out)");
+        assert_copied(&a, "fan", &original);
+        assert_copied(&b, "fan", &original);
+        let served = source.bytes_served();
+        fanout = Some((served, fsize));
+        rep.row(
+            "fan",
+            &format!("fan-out of {} MiB to 2 targets", fsize / MIB),
+            format!("{:.0} MB/s", mbps(fsize, r.wall)),
+            format!(
+                "source served {served} bytes for an image of {fsize}; peak RSS {:.1} MiB",
+                r.peak_rss_mib
+            ),
+        );
+    }
+
+    // ---- targets --------------------------------------------------------------------------
+    let meaningful = |m: bool| if quick { None } else { Some(m) };
+    // Judged on the median of the per-repetition ratios (each pair measured back to back); the
+    // ratio of the medians is shown beside it.
+    if let (Some(c), Some(h), Some(r)) = (copy_mbps, hash_limit, paired_hash_ratio) {
+        rep.target(
+            "(2) ≥ 0.8 × (1)",
+            format!(
+                "{r:.2} × (median of per-rep ratios; medians {c:.0} / {h:.0} = {:.2})",
+                c / h
+            ),
+            meaningful(r >= 0.8),
+        );
+    }
+    if let (Some(c), Some(p), Some(r)) = (copy_mbps, peer_mbps_med, paired_peer_ratio) {
+        rep.target(
+            "(2) ≥ 3 × (3)",
+            format!(
+                "{r:.2} × (median of per-rep ratios; medians {c:.0} / {p:.0} = {:.2})",
+                c / p
+            ),
+            meaningful(r >= 3.0),
+        );
+    }
+    if let Some(r) = real_ratio {
+        rep.target(
+            "(4) glance-sync ≥ 0.95 × curl pipe (the faster unverified variant)",
+            format!("{r:.2} ×"),
+            meaningful(r >= 0.95),
+        );
+    }
+    if let Some(r) = copy_rss {
+        rep.target(
+            "peak RSS ≤ 64 MiB in (2)",
+            format!("{r:.1} MiB"),
+            meaningful(r <= 64.0),
+        );
+    }
+    if let Some((_, r)) = par {
+        rep.target(
+            "peak RSS ≤ 160 MiB in (7)",
+            format!("{r:.1} MiB"),
+            meaningful(r <= 160.0),
+        );
+    }
+    if let Some((w, n)) = noop {
+        rep.target(
+            "(5) ≤ 2 s wall and ≤ 25 HTTP requests",
+            format!("{w:.2} s, {n:.0} requests"),
+            meaningful(w <= 2.0 && n <= 25.0),
+        );
+    }
+    if let Some(p) = plan_med {
+        rep.target("(6) ≤ 0.5 s", format!("{p:.3} s"), meaningful(p <= 0.5));
+    }
+    if let Some((served, fsize)) = fanout {
+        // Correctness, not speed: checked in quick mode too.
+        rep.target(
+            "fan-out to 2 targets reads the source once",
+            format!("{served} bytes served for {fsize}"),
+            Some(served == fsize),
+        );
+    }
+
+    let header = format!(
+        "glance-sync benchmark{}: {} repetition(s), medians; {:.0} s\nmachine before: {machine_before}\nmachine after:  {}",
+        if quick {
+            " (QUICK: sizes too small to mean anything)"
+        } else {
+            ""
+        },
+        args.reps,
+        started.elapsed().as_secs_f64(),
+        machine()
+    );
+    rep.print(&header);
+    if fanout.is_some_and(|(s, f)| s != f) {
+        std::process::exit(1);
+    }
+}
