@@ -336,7 +336,18 @@ impl State {
                     bytes = CASE WHEN excluded.bytes > 0 THEN excluded.bytes ELSE replicas.bytes END,
                     attempts = CASE WHEN excluded.state = 'failed' THEN replicas.attempts ELSE 0 END,
                     last_error = excluded.last_error, updated_at = excluded.updated_at,
-                    synced_at = COALESCE(excluded.synced_at, replicas.synced_at)",
+                    synced_at = COALESCE(excluded.synced_at, replicas.synced_at)
+                 -- An unchanged outcome writes nothing: a no-op run over thousands of images in
+                 -- sync must not cost one fsync per image (synchronous = FULL).
+                 WHERE replicas.state IS NOT excluded.state
+                    OR replicas.target_id IS NOT COALESCE(excluded.target_id, replicas.target_id)
+                    OR replicas.foreign_image IS NOT excluded.foreign_image
+                    OR replicas.last_error IS NOT excluded.last_error
+                    OR replicas.name IS NOT excluded.name
+                    OR replicas.identity IS NOT excluded.identity
+                    OR replicas.job IS NOT excluded.job
+                    OR replicas.attempts != 0 AND excluded.state != 'failed'
+                    OR excluded.state = 'failed'",
                 params![
                     source_cloud,
                     source.id,
@@ -539,6 +550,38 @@ mod tests {
         let failing = st.failing_images().unwrap();
         assert_eq!(failing.len(), 1);
         assert_eq!(failing[0].last_error.as_deref(), Some("boom"));
+    }
+
+    #[test]
+    fn an_unchanged_outcome_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = State::open(&dir.path().join("s.db")).unwrap();
+        let src = image("s1", "ubuntu", "m1");
+        let in_sync = || Outcome::InSync {
+            target_id: "t1",
+            foreign: false,
+            bytes: 1024,
+        };
+        st.record_outcome("j", "prod", &src, "dr", in_sync())
+            .unwrap();
+        let changes = || st.with(|c| Ok(c.total_changes())).unwrap();
+        let before = changes();
+        st.record_outcome("j", "prod", &src, "dr", in_sync())
+            .unwrap();
+        assert_eq!(changes(), before, "same outcome again: no row written");
+        st.record_outcome(
+            "j",
+            "prod",
+            &src,
+            "dr",
+            Outcome::Failed {
+                target_id: Some("t1"),
+                error: "boom",
+            },
+        )
+        .unwrap();
+        assert_eq!(changes(), before + 1);
+        assert_eq!(st.replica_state("s1", "dr"), Some(("failed".into(), 0)));
     }
 
     #[test]
