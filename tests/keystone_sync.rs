@@ -4,41 +4,13 @@
 
 mod support;
 
-use serde_json::json;
 use support::glance_api::Api;
 use support::harness::RealGlance;
+use support::keystone::{DEMO_PASSWORD, demo_token, keystone_url};
 use support::scenario::{assert_exact_copies, seed_source};
 use support::sync_cli::glance_sync;
 
-const PASSWORD: &str = "demo-secret";
-
-fn keystone_url() -> String {
-    std::env::var("KEYSTONE_URL").unwrap_or_else(|_| "http://127.0.0.1:15000".into())
-}
-
-/// A project-scoped token for the demo user, to seed the source as that user.
-async fn demo_token() -> String {
-    let body = json!({"auth": {
-        "identity": {"methods": ["password"], "password": {"user": {
-            "name": "demo", "domain": {"name": "Default"}, "password": PASSWORD}}},
-        "scope": {"project": {"name": "demo", "domain": {"name": "Default"}}}}});
-    let resp = reqwest::Client::new()
-        .post(format!("{}/v3/auth/tokens", keystone_url()))
-        .json(&body)
-        .send()
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "Keystone at {} (start it with tests/run.sh): {e}",
-                keystone_url()
-            )
-        });
-    assert_eq!(resp.status(), 201, "Keystone refused the demo user");
-    resp.headers()["x-subject-token"]
-        .to_str()
-        .unwrap()
-        .to_string()
-}
+const PASSWORD: &str = DEMO_PASSWORD;
 
 fn cloud(name: &str, region: &str) -> String {
     format!(
@@ -55,7 +27,7 @@ async fn sync_through_real_keystone_with_password_auth_and_catalog_endpoints() {
     let env = [("GLANCE_AUTH", "keystone")];
     let src = RealGlance::start_with("ks-src", Some(19392), &env);
     let dst = RealGlance::start_with("ks-dst", Some(19393), &env);
-    let token = demo_token().await;
+    let (token, _) = demo_token().await;
     let (source, target) = (
         Api::with_token(&src.url, &token),
         Api::with_token(&dst.url, &token),

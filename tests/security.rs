@@ -16,17 +16,14 @@ use std::process::{Child, Command, Stdio};
 use serde_json::{Value, json};
 use support::glance_api::{Api, image_body, random_bytes};
 use support::harness::{RealGlance, free_port};
+use support::keystone::{DEMO_PASSWORD, keystone_url};
 use support::scenario::seed_source;
 use support::sync_cli::{SyncRun, glance_sync};
 
-const PASSWORD: &str = "demo-secret";
+const PASSWORD: &str = DEMO_PASSWORD;
 const WRONG_PASSWORD: &str = "wrong-password-7d1e";
 /// Every Fernet token starts with this (version byte 0x80 and a timestamp, base64url).
 const FERNET_PREFIX: &str = "gAAAAA";
-
-fn keystone_url() -> String {
-    std::env::var("KEYSTONE_URL").unwrap_or_else(|_| "http://127.0.0.1:15000".into())
-}
 
 /// `glance-sync --config CONFIG ARGS...` with extra environment (e.g. `RUST_LOG=trace`, which
 /// [`glance_sync`] removes).
@@ -49,30 +46,11 @@ async fn glance_sync_env(config: &Path, args: &[&str], env: &[(&str, &str)]) -> 
 
 // ---- secrets ----------------------------------------------------------------------------------
 
-/// A project-scoped token for the demo user and the token's body (user id, expiry, catalog).
+/// A project-scoped token for the demo user and the token's body, checked to be a Fernet token.
 async fn demo_token() -> (String, Value) {
-    let body = json!({"auth": {
-        "identity": {"methods": ["password"], "password": {"user": {
-            "name": "demo", "domain": {"name": "Default"}, "password": PASSWORD}}},
-        "scope": {"project": {"name": "demo", "domain": {"name": "Default"}}}}});
-    let resp = reqwest::Client::new()
-        .post(format!("{}/v3/auth/tokens", keystone_url()))
-        .json(&body)
-        .send()
-        .await
-        .unwrap_or_else(|e| {
-            panic!(
-                "Keystone at {} (start it with tests/run.sh): {e}",
-                keystone_url()
-            )
-        });
-    assert_eq!(resp.status(), 201, "Keystone refused the demo user");
-    let token = resp.headers()["x-subject-token"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let (token, body) = support::keystone::demo_token().await;
     assert!(token.starts_with(FERNET_PREFIX), "not a Fernet token");
-    (token, resp.json().await.unwrap())
+    (token, body)
 }
 
 /// An application credential of the demo user: (id, secret), or `None` if Keystone's policy does

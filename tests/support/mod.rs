@@ -5,5 +5,6 @@ pub mod daemon_proc;
 pub mod fake_glance;
 pub mod glance_api;
 pub mod harness;
+pub mod keystone;
 pub mod scenario;
 pub mod sync_cli;
