@@ -100,6 +100,7 @@ impl Engine {
             clients,
             settings: transfer::Settings {
                 stall_timeout: config.transfer.stall_timeout,
+                hashing_nice: config.transfer.hashing_nice,
             },
             max_parallel_images: config.transfer.max_parallel_images,
             progress,

@@ -115,6 +115,8 @@ impl ProgressSink for () {
 
 pub struct Settings {
     pub stall_timeout: Duration,
+    /// Nice value of the hashing threads (`[transfer] hashing_nice`).
+    pub hashing_nice: i32,
 }
 
 /// Copies `image` from `source` to every target, reading the source once.
@@ -366,7 +368,7 @@ async fn pump(
         )
     };
     let mut stream = response.bytes_stream();
-    let mut hasher = StreamHasher::start(verify::algo_for(image));
+    let mut hasher = StreamHasher::start(verify::algo_for(image), settings.hashing_nice);
     let mut held: Option<Bytes> = None;
     let mut read: u64 = 0;
     let mut resumes = 0;

@@ -760,6 +760,28 @@ async fn synthetic_image_served_bytes_hash_to_recorded_checksum() {
     );
 }
 
+#[test]
+fn synthetic_stream_is_the_same_whichever_way_it_is_cut() {
+    // 3 MiB covers the 1 MiB period twice over and pieces served from the cached block.
+    let whole = synthetic_bytes(9, 0, 3 << 20);
+    for (offset, len) in [
+        (0u64, 1usize),
+        (7, 13),
+        (1_048_800, 64),
+        ((1 << 20) - 3, 1 << 20),
+        (2_097_000, 1 << 20),
+        (5, (3 << 20) - 5),
+    ] {
+        assert_eq!(
+            synthetic_bytes(9, offset, len),
+            whole.slice(offset as usize..offset as usize + len),
+            "offset {offset}, len {len}"
+        );
+    }
+    assert_ne!(synthetic_bytes(9, 0, 64), synthetic_bytes(10, 0, 64));
+    assert_ne!(whole.slice(..64), whole.slice(1 << 20..(1 << 20) + 64));
+}
+
 #[tokio::test]
 async fn synthetic_2gib_image_is_served_without_buffering() {
     let g = FakeGlance::start().await;

@@ -72,6 +72,9 @@ pub struct TransferSettings {
     pub retries: usize,
     /// The longest wait between two retries (exponential backoff with jitter up to this).
     pub retry_max_delay: std::time::Duration,
+    /// Nice value (0-19) of the threads that hash a transfer: above 0 they yield to the threads
+    /// that move bytes (see verify.rs).
+    pub hashing_nice: i32,
 }
 
 /// One cloud, resolved: its credentials and how to find its image endpoint.
@@ -251,6 +254,7 @@ struct TransferSection {
     api_timeout: Option<jiff::SignedDuration>,
     retries: Option<usize>,
     retry_max_delay: Option<jiff::SignedDuration>,
+    hashing_nice: Option<i32>,
 }
 
 /// The keys of a clouds.yaml cloud entry that glance-sync understands, plus `cloud` to refer to one.
@@ -470,7 +474,14 @@ impl Config {
                 "[transfer] retry_max_delay",
             )
             .map_err(&invalid)?,
+            hashing_nice: file.transfer.hashing_nice.unwrap_or(19),
         };
+        if !(0..=19).contains(&transfer.hashing_nice) {
+            return Err(invalid(format!(
+                "[transfer] hashing_nice is {}: it must be between 0 (normal priority) and 19 (lowest)",
+                transfer.hashing_nice
+            )));
+        }
         if transfer.max_parallel_images == 0 {
             return Err(invalid(
                 "[transfer] max_parallel_images must be at least 1".into(),
@@ -927,6 +938,16 @@ visibility = ["public", "community"]
         }
         assert!(matches!(cfg.clouds["lab"].auth, AuthConfig::None));
         assert_eq!(cfg.transfer.max_parallel_images, 2);
+    }
+
+    #[test]
+    fn hashing_runs_at_nice_19_unless_configured_within_0_to_19() {
+        assert_eq!(parse(BASE).unwrap().transfer.hashing_nice, 19);
+        let with = |v: &str| format!("[transfer]\nhashing_nice = {v}\n{BASE}");
+        assert_eq!(parse(&with("0")).unwrap().transfer.hashing_nice, 0);
+        let err = parse(&with("20")).unwrap_err().to_string();
+        assert!(err.contains("hashing_nice is 20"), "{err}");
+        assert!(parse(&with("-5")).is_err());
     }
 
     #[test]
