@@ -14,12 +14,19 @@ Clouds come from clouds.yaml (``OS_CLIENT_CONFIG_FILE``), as for any
 openstacksdk program. Prints one JSON line describing the copy.
 
 Usage: peer_openstacksdk.py --source CLOUD --target CLOUD --image NAME_OR_ID
-                            [--workdir DIR] [--in-memory-download]
+                            [--workdir DIR]
+                            [--in-memory-download | --guide-example]
 
 --in-memory-download leaves out ``stream=True``, as the shortest examples do:
 the SDK then reads the whole image into memory before writing the file.
+
+--guide-example downloads the way the SDK's image guide shows a streamed
+download (its examples/image/download.py): ``download_image(image,
+stream=True)``, then ``iter_content(chunk_size=1024)`` into the file and an
+MD5 compared with the ``Content-MD5`` header at the end.
 """
 import argparse
+import hashlib
 import json
 import os
 import sys
@@ -28,14 +35,28 @@ import tempfile
 import openstack
 
 
+def download_as_the_guide_shows(conn, image, path):
+    md5 = hashlib.md5()
+    with open(path, 'wb') as local_image:
+        response = conn.image.download_image(image, stream=True)
+        for chunk in response.iter_content(chunk_size=1024):
+            md5.update(chunk)
+            local_image.write(chunk)
+        if response.headers['Content-MD5'] != md5.hexdigest():
+            raise Exception('Checksum mismatch in downloaded content')
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--source', required=True, help='clouds.yaml entry')
     parser.add_argument('--target', required=True, help='clouds.yaml entry')
     parser.add_argument('--image', required=True, help='image name or id')
     parser.add_argument('--workdir', help='where the local copy is kept')
-    parser.add_argument('--in-memory-download', action='store_true',
-                        help='download_image without stream=True')
+    variant = parser.add_mutually_exclusive_group()
+    variant.add_argument('--in-memory-download', action='store_true',
+                         help='download_image without stream=True')
+    variant.add_argument('--guide-example', action='store_true',
+                         help="download as the SDK guide's streaming example")
     args = parser.parse_args()
 
     source = openstack.connect(cloud=args.source)
@@ -45,9 +66,12 @@ def main():
     fd, path = tempfile.mkstemp(dir=args.workdir, suffix='.img')
     os.close(fd)
     try:
-        # Verifies the data against os_hash_value/checksum while writing it.
-        source.image.download_image(
-            image, output=path, stream=not args.in_memory_download)
+        if args.guide_example:
+            download_as_the_guide_shows(source, image, path)
+        else:
+            # Verifies the data against os_hash_value/checksum while writing it.
+            source.image.download_image(
+                image, output=path, stream=not args.in_memory_download)
         copy = target.image.create_image(
             name=image.name,
             filename=path,
