@@ -14,6 +14,8 @@
 //! value of a thread only weighs against threads of the same scheduling group (with autogroup or
 //! a systemd service's cgroup, glance-sync's own threads), so other programs do not starve it.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use md5::Md5;
 use sha2::{Digest, Sha256, Sha384, Sha512};
@@ -21,8 +23,16 @@ use tokio::sync::mpsc;
 
 use crate::image::Image;
 
-/// Chunks queued per hashing thread. Bounds memory, lets the I/O side run ahead a little.
-const HASH_QUEUE_CHUNKS: usize = 16;
+/// Chunks are handed to the hashing threads in batches of about this many bytes: one wake-up of
+/// each thread (and of the I/O task when a queue was full) per batch instead of per chunk of a few
+/// hundred KiB.
+const HASH_BATCH_BYTES: usize = 1 << 20;
+/// Batches queued per hashing thread. With the batch being filled this bounds what the I/O side
+/// may run ahead of hashing to about 5 MiB.
+const HASH_QUEUE_BATCHES: usize = 4;
+
+/// Chunks shared by both hashing threads (reference-counted, never copied).
+type Batch = Arc<Vec<Bytes>>;
 
 /// The algorithms we can compute for `os_hash_value`.
 pub const SUPPORTED_ALGOS: &[&str] = &["sha512", "sha384", "sha256"];
@@ -123,26 +133,29 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Digests of a byte stream, computed on two threads while the stream flows.
 pub struct StreamHasher {
-    md5_tx: mpsc::Sender<Bytes>,
-    multi_tx: mpsc::Sender<Bytes>,
+    md5_tx: mpsc::Sender<Batch>,
+    multi_tx: mpsc::Sender<Batch>,
     md5_thread: std::thread::JoinHandle<String>,
     multi_thread: std::thread::JoinHandle<String>,
     algo: &'static str,
     size: u64,
+    /// Chunks fed but not yet handed to the threads.
+    pending: Vec<Bytes>,
+    pending_bytes: usize,
 }
 
 impl StreamHasher {
     /// Starts the two hashing threads at nice value `nice` (0 = the process's own priority).
     pub fn start(algo: &'static str, nice: i32) -> StreamHasher {
-        let (md5_tx, mut md5_rx) = mpsc::channel::<Bytes>(HASH_QUEUE_CHUNKS);
-        let (multi_tx, mut multi_rx) = mpsc::channel::<Bytes>(HASH_QUEUE_CHUNKS);
+        let (md5_tx, mut md5_rx) = mpsc::channel::<Batch>(HASH_QUEUE_BATCHES);
+        let (multi_tx, mut multi_rx) = mpsc::channel::<Batch>(HASH_QUEUE_BATCHES);
         let md5_thread = std::thread::Builder::new()
             .name("hash-md5".into())
             .spawn(move || {
                 lower_this_thread_priority(nice);
                 let mut h = Md5::new();
-                while let Some(chunk) = md5_rx.blocking_recv() {
-                    h.update(&chunk);
+                while let Some(batch) = md5_rx.blocking_recv() {
+                    batch.iter().for_each(|chunk| h.update(chunk));
                 }
                 hex(&h.finalize())
             })
@@ -152,8 +165,8 @@ impl StreamHasher {
             .spawn(move || {
                 lower_this_thread_priority(nice);
                 let mut h = MultiHasher::new(algo);
-                while let Some(chunk) = multi_rx.blocking_recv() {
-                    h.update(&chunk);
+                while let Some(batch) = multi_rx.blocking_recv() {
+                    batch.iter().for_each(|chunk| h.update(chunk));
                 }
                 h.hex()
             })
@@ -165,19 +178,35 @@ impl StreamHasher {
             multi_thread,
             algo,
             size: 0,
+            pending: Vec::new(),
+            pending_bytes: 0,
         }
     }
 
     /// Queues a chunk for both digests; waits only when a hashing thread is behind.
     pub async fn feed(&mut self, chunk: Bytes) {
         self.size += chunk.len() as u64;
+        self.pending_bytes += chunk.len();
+        self.pending.push(chunk);
+        if self.pending_bytes >= HASH_BATCH_BYTES {
+            self.hand_over().await;
+        }
+    }
+
+    async fn hand_over(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let batch: Batch = Arc::new(std::mem::take(&mut self.pending));
+        self.pending_bytes = 0;
         // The threads only stop when the senders are dropped, so these sends cannot fail.
-        let _ = self.md5_tx.send(chunk.clone()).await;
-        let _ = self.multi_tx.send(chunk).await;
+        let _ = self.md5_tx.send(batch.clone()).await;
+        let _ = self.multi_tx.send(batch).await;
     }
 
     /// Waits for both threads to digest everything fed so far.
-    pub async fn finish(self) -> Digests {
+    pub async fn finish(mut self) -> Digests {
+        self.hand_over().await;
         let StreamHasher {
             md5_tx,
             multi_tx,
@@ -185,6 +214,7 @@ impl StreamHasher {
             multi_thread,
             algo,
             size,
+            ..
         } = self;
         drop(md5_tx);
         drop(multi_tx);
@@ -336,6 +366,18 @@ mod tests {
             d.value,
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
+    }
+
+    #[tokio::test]
+    async fn digests_span_many_batches_and_a_partial_last_one() {
+        let data: Vec<u8> = (0..(3 * HASH_BATCH_BYTES + 12_345))
+            .map(|i| (i * 7 % 251) as u8)
+            .collect();
+        let pieces: Vec<&[u8]> = data.chunks(300_000).collect();
+        let d = digest(&pieces, "sha512").await;
+        assert_eq!(d.size, data.len() as u64);
+        assert_eq!(d.md5, hex(&Md5::digest(&data)));
+        assert_eq!(d.value, hex(&Sha512::digest(&data)));
     }
 
     /// The nice value of this process's thread named `name`, read from /proc.
