@@ -278,8 +278,8 @@ impl Execution<'_> {
         let mut later = Vec::new();
         for action in actions {
             match &action.kind {
-                // Our unfinished images go first: they may hold the quota the copies need.
-                ActionKind::DeleteHalfMade { .. } => {
+                // Our failed copies go first: they may hold the quota the copies need.
+                ActionKind::DeleteFailedCopy { .. } => {
                     if !self.cancel.is_cancelled() {
                         results.push(self.simple(action).await?)
                     }
@@ -487,7 +487,7 @@ impl Execution<'_> {
             } => client.patch_image(target_id, patch).await.map(drop),
             ActionKind::Deactivate { target_id } => client.deactivate(target_id).await,
             ActionKind::Reactivate { target_id } => client.reactivate(target_id).await,
-            ActionKind::DeleteHalfMade { target_id, .. } => {
+            ActionKind::DeleteFailedCopy { target_id, .. } => {
                 match client.delete_image(target_id).await {
                     Err(e) if e.status() != Some(404) => Err(e),
                     _ => {
@@ -535,8 +535,8 @@ impl Execution<'_> {
                     bytes: source.size.unwrap_or(0),
                 },
             };
-            // Deleting a half-made image says nothing about the source image's own status.
-            if !matches!(action.kind, ActionKind::DeleteHalfMade { .. }) {
+            // Deleting a failed copy says nothing about the source image's own status.
+            if !matches!(action.kind, ActionKind::DeleteFailedCopy { .. }) {
                 self.state.record_outcome(
                     &self.job.name,
                     &self.job.source,
@@ -584,7 +584,7 @@ fn result_word(kind: &ActionKind) -> &'static str {
         ActionKind::Reactivate { .. } => "reactivated",
         ActionKind::InSync { foreign: false, .. } => "in_sync",
         ActionKind::InSync { foreign: true, .. } => "in_sync_foreign",
-        ActionKind::DeleteHalfMade { .. } => "deleted_unfinished",
+        ActionKind::DeleteFailedCopy { .. } => "deleted_failed_copy",
         ActionKind::Skip { .. } => "skipped",
         ActionKind::Prune { delete: true, .. } => "pruned_deleted",
         ActionKind::Prune { delete: false, .. } => "pruned_hidden",

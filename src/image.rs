@@ -133,6 +133,28 @@ pub fn same_content(a: &Image, b: &Image) -> bool {
     }
 }
 
+/// Whether two images provably hold different bytes: their sizes, or a digest both have in
+/// common, differ. Stricter than `!same_content`, which also says "not the same" when nothing can
+/// be compared; this one answers "different" only on evidence, as it decides deletions.
+pub fn provably_different_content(a: &Image, b: &Image) -> bool {
+    if a.size.is_some() && b.size.is_some() && a.size != b.size {
+        return true;
+    }
+    if let (Some(aa), Some(av), Some(ba), Some(bv)) = (
+        &a.os_hash_algo,
+        &a.os_hash_value,
+        &b.os_hash_algo,
+        &b.os_hash_value,
+    ) && aa == ba
+    {
+        return !av.eq_ignore_ascii_case(bv);
+    }
+    match (&a.checksum, &b.checksum) {
+        (Some(x), Some(y)) => !x.eq_ignore_ascii_case(y),
+        _ => false,
+    }
+}
+
 /// Same name and same content: the identity the diff is made on.
 pub fn same_identity(a: &Image, b: &Image) -> bool {
     a.name == b.name && same_content(a, b)

@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::config::{Job, PruneMode};
 use crate::image::{
     self, Image, PatchOp, create_body, current_metadata, desired_metadata, metadata_patch,
-    same_content, same_identity,
+    provably_different_content, same_content, same_identity,
 };
 
 /// What the state database knows, as far as planning needs it.
@@ -105,10 +105,13 @@ pub enum ActionKind {
         /// source image; it is never modified.
         foreign: bool,
     },
-    /// One of our images whose upload never finished (queued or saving): deleted before copying.
-    DeleteHalfMade {
+    /// One of our images that can never become a good copy, deleted before copying: its upload
+    /// never finished (queued or saving), or its data differs from its source image's (it failed
+    /// the read-back check and could not be deleted then).
+    DeleteFailedCopy {
         target_id: String,
-        status: String,
+        /// What is wrong with it, as a phrase: "unfinished copy (status saving)".
+        why: String,
     },
     Skip {
         reason: String,
@@ -146,9 +149,7 @@ impl Action {
                 "in sync (foreign image: not created by glance-sync for this image, left untouched)"
                     .into()
             }
-            ActionKind::DeleteHalfMade { status, .. } => {
-                format!("delete our unfinished copy (status {status})")
-            }
+            ActionKind::DeleteFailedCopy { why, .. } => format!("delete our {why}"),
             ActionKind::Skip { reason } => format!("skipped: {reason}"),
             ActionKind::Prune {
                 delete, unprotect, ..
@@ -172,7 +173,7 @@ impl Action {
             | ActionKind::Deactivate { target_id }
             | ActionKind::Reactivate { target_id }
             | ActionKind::InSync { target_id, .. }
-            | ActionKind::DeleteHalfMade { target_id, .. }
+            | ActionKind::DeleteFailedCopy { target_id, .. }
             | ActionKind::Prune { target_id, .. }
             | ActionKind::PruneRefused { target_id, .. } => Some(target_id),
             ActionKind::Skip { .. } => None,
@@ -259,6 +260,7 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
         }
     }
 
+    let source_by_id: HashMap<&str, &Image> = sources.iter().map(|s| (s.id.as_str(), *s)).collect();
     let empty = Vec::new();
     let mut decisions: HashMap<(&str, &str), Decision> = HashMap::new();
     let mut actions = Vec::new();
@@ -280,9 +282,39 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
                 name: img.name.clone(),
                 size: None,
                 target: target.clone(),
-                kind: ActionKind::DeleteHalfMade {
+                kind: ActionKind::DeleteFailedCopy {
                     target_id: img.id.clone(),
-                    status: img.status.clone(),
+                    why: format!("unfinished copy (status {})", img.status),
+                },
+            });
+        }
+
+        // Image data never changes in Glance, so our copy whose data differs from its source
+        // image's is bad for good: it failed the read-back check after upload and its deletion
+        // failed then. A copy whose source image is gone is left to pruning.
+        for img in images.iter().filter(|i| owns(i) && i.is_established()) {
+            let Some(source) = img
+                .marker()
+                .filter(|(cloud, _)| *cloud == job.source)
+                .and_then(|(_, id)| source_by_id.get(id))
+            else {
+                continue;
+            };
+            if !provably_different_content(source, img) {
+                continue;
+            }
+            actions.push(Action {
+                source_id: source.id.clone(),
+                name: img.name.clone(),
+                size: None,
+                target: target.clone(),
+                kind: ActionKind::DeleteFailedCopy {
+                    target_id: img.id.clone(),
+                    why: format!(
+                        "copy whose data differs from the source image's (checksum {}, source {})",
+                        img.checksum.as_deref().unwrap_or("none"),
+                        source.checksum.as_deref().unwrap_or("none")
+                    ),
                 },
             });
         }
@@ -698,6 +730,61 @@ mod tests {
                 "s1@a: copy"
             ]
         );
+    }
+
+    #[test]
+    fn our_active_copy_with_other_data_than_its_source_is_deleted_and_copied_again() {
+        let s = image("s1", "ubuntu", "m1");
+        let mut ledger = Ledger::default();
+        ledger.record_copy("a", "s1", "t1");
+        ledger.record_owned("a", "t1");
+        // Became active, failed the read-back check, and the delete failed then.
+        let mut bad = copy_of(&s, "t1");
+        bad.checksum = Some("m-corrupt".into());
+        bad.os_hash_value = Some("h-corrupt".into());
+        let p = run(&job(&["a"]), &[s], &[("a", vec![bad])], &ledger);
+        assert_eq!(
+            kinds(&p),
+            vec![
+                "s1@a: delete our copy whose data differs from the source image's (checksum m-corrupt, source m1)",
+                "s1@a: copy"
+            ]
+        );
+    }
+
+    #[test]
+    fn our_copy_is_not_deleted_when_nothing_can_be_compared_with_its_source() {
+        let mut s = image("s1", "ubuntu", "m1");
+        let mut ledger = Ledger::default();
+        ledger.record_copy("a", "s1", "t1");
+        ledger.record_owned("a", "t1");
+        let mut ours = copy_of(&s, "t1");
+        ours.os_hash_algo = Some("sha256".into());
+        ours.os_hash_value = Some("other-algorithm".into());
+        ours.checksum = None;
+        s.checksum = None;
+        let p = run(&job(&["a"]), &[s], &[("a", vec![ours])], &ledger);
+        assert!(
+            kinds(&p).iter().all(|k| !k.contains("delete")),
+            "{:?}",
+            kinds(&p)
+        );
+    }
+
+    #[test]
+    fn a_foreign_image_with_other_data_under_the_same_name_is_left_alone() {
+        let s = image("s1", "ubuntu", "m1");
+        // Not in the ledger: even with our marker, it is not ours to delete.
+        let mut other = copy_of(&s, "x1");
+        other.checksum = Some("m9".into());
+        other.os_hash_value = Some("h9".into());
+        let p = run(
+            &job(&["a"]),
+            &[s],
+            &[("a", vec![other])],
+            &Ledger::default(),
+        );
+        assert_eq!(kinds(&p), vec!["s1@a: copy"]);
     }
 
     #[test]

@@ -976,6 +976,37 @@ async fn injected_upload_and_create_failures() {
 }
 
 #[tokio::test]
+async fn a_corrupting_store_makes_the_image_active_with_the_digests_of_what_it_kept() {
+    let g = FakeGlance::start().await;
+    let c = client();
+    let id = create(
+        &g,
+        &c,
+        json!({"disk_format": "raw", "container_format": "bare"}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    g.set_faults(Faults {
+        corrupt_uploads: true,
+        ..Default::default()
+    });
+    let sent = random_bytes(5000, 4);
+    assert_eq!(
+        upload(&g, &c, &id, sent.clone()).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let mut kept = sent.clone();
+    kept[0] ^= 0xFF;
+    let img = g.image(&id).unwrap();
+    assert_eq!(img["status"], "active");
+    assert_eq!(img["checksum"], md5_hex(&kept));
+    assert_eq!(img["os_hash_value"], sha512_hex(&kept));
+    assert_eq!(g.image_data(&id).unwrap(), kept);
+}
+
+#[tokio::test]
 async fn list_follows_next_links_across_pages() {
     let g = FakeGlance::start().await;
     let c = client();

@@ -223,6 +223,42 @@ async fn a_quota_refusal_fails_that_image_and_the_others_go_on() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_copy_stored_corrupt_whose_delete_failed_is_deleted_by_the_next_run_and_copied_again() {
+    let (source, target, id, dir) = pair(1 << 20).await;
+    target.set_faults(Faults {
+        corrupt_uploads: true,
+        transient: Some(Transient {
+            request_prefix: "DELETE /v2/images".into(),
+            status: 503,
+            times: 100,
+            retry_after: None,
+        }),
+        ..Faults::default()
+    });
+    let first = run(&dir, &source, &target).await;
+    first.assert_code(1);
+    // The read-back check caught it, but the copy could not be deleted: it stays active.
+    let images = target.images();
+    assert_eq!(images.len(), 1, "{images:?}");
+    let bad = images[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(images[0]["status"], "active");
+    assert_ne!(
+        images[0]["checksum"],
+        source.image(&id).unwrap()["checksum"]
+    );
+
+    target.set_faults(Faults::default());
+    let second = run(&dir, &source, &target).await;
+    second.assert_code(0);
+    assert!(
+        target.deleted_ids().contains(&bad),
+        "{:?}",
+        target.deleted_ids()
+    );
+    assert_one_exact_copy(&source, &target, &id);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_target_that_is_down_fails_its_images_and_the_other_target_is_served() {
     let source = FakeGlance::start().await;
     source.add_image(ImageSpec::new("img", ImageData::synthetic(1 << 20, 3)));

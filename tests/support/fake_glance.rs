@@ -222,6 +222,9 @@ pub struct Faults {
     pub data_fault_limit: Option<u32>,
     /// PUT /file reads the whole body, then answers this status; the image returns to queued.
     pub fail_uploads_with: Option<u16>,
+    /// The store keeps the first byte of an upload flipped (a bad disk or NIC): the image becomes
+    /// active with the digests of the corrupt bytes, as Glance computes them on what it stores.
+    pub corrupt_uploads: bool,
     /// POST /v2/images answers this status without creating anything.
     pub fail_creates_with: Option<u16>,
     /// The next `times` requests whose method and path start with `request_prefix` (e.g.
@@ -2863,6 +2866,13 @@ async fn upload(
                 "The server has either erred or is incapable of performing the requested operation.",
             )
         })?;
+        let chunk = if count == 0 && !chunk.is_empty() && s.lock().faults.corrupt_uploads {
+            let mut m = BytesMut::from(&chunk[..]);
+            m[0] ^= 0xFF;
+            m.freeze()
+        } else {
+            chunk
+        };
         let total = count + chunk.len() as u64;
         if let Some(exp) = expected
             && total > exp
