@@ -160,9 +160,20 @@ impl CloudSession {
     }
 
     /// Counts one API request to this cloud.
-    pub fn observe(&self, operation: &str, status: Option<u16>, took: Duration) {
+    /// Records one API request in the metrics, and in the log at debug level (`-v`): which
+    /// request, its answer and how long it took. `what` is the method and path, never a secret.
+    pub fn observe(&self, operation: &str, what: &str, status: Option<u16>, took: Duration) {
         self.metrics
             .observe_api(&self.name, operation, status, took);
+        tracing::debug!(
+            cloud = %self.name,
+            operation,
+            status,
+            ms = took.as_millis() as u64,
+            "{what} -> {} in {} ms",
+            status.map_or_else(|| "no answer".to_owned(), |s| s.to_string()),
+            took.as_millis()
+        );
     }
 
     /// A token with comfortable life left, and the image endpoint; authenticates when needed.
@@ -290,6 +301,7 @@ impl CloudSession {
             .await;
         self.observe(
             "authenticate",
+            &format!("POST {url}"),
             resp.as_ref().ok().map(|r| r.status().as_u16()),
             started.elapsed(),
         );

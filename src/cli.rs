@@ -147,9 +147,12 @@ fn init_logging(cli: &Cli, progress: &Progress) {
         // Libraries stay at warn: their debug output is noise to an operator.
         EnvFilter::new(format!("warn,glance_sync={ours},glance_sync_cli={ours}"))
     });
+    // Colours only for a person at a terminal: journald, files and pipes get plain text.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(progress.log_writer())
+        .with_ansi(colour)
         .with_target(false);
     match cli.log_format {
         LogFormat::Text => builder.init(),

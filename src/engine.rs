@@ -154,6 +154,19 @@ impl Engine {
             },
             &mut || uuid::Uuid::new_v4().to_string(),
         );
+        // Every decision, in-sync ones included, for `-vv`: why an image is (not) touched.
+        for a in &plan.actions {
+            tracing::trace!(
+                job = %job.name,
+                image = a.name.as_deref().unwrap_or(""),
+                source_id = %a.source_id,
+                target = %a.target,
+                "plan: '{}' on {}: {}",
+                a.name.as_deref().unwrap_or(""),
+                a.target,
+                a.describe()
+            );
+        }
         Ok((
             JobPlan {
                 plan,

@@ -318,6 +318,7 @@ impl GlanceClient {
         let resp = req.send().await;
         self.session.observe(
             "upload",
+            &format!("PUT /v2/images/{id}/file ({size} bytes)"),
             resp.as_ref().ok().map(|r| r.status().as_u16()),
             started.elapsed(),
         );
@@ -384,6 +385,7 @@ impl GlanceClient {
                 .await;
             self.session.observe(
                 operation_kind(&method, path),
+                &format!("{method} {path}"),
                 resp.as_ref().ok().map(|r| r.status().as_u16()),
                 started.elapsed(),
             );

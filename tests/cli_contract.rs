@@ -212,3 +212,36 @@ async fn json_logs_are_one_object_per_line_with_the_result_fields() {
     assert_eq!(copied["size"], 4096);
     assert!(copied.get("mb_per_s").is_some() && copied.get("seconds").is_some());
 }
+
+#[tokio::test]
+async fn v_logs_every_api_request_and_vv_every_plan_decision() {
+    let source = FakeGlance::start().await;
+    source.add_image(ImageSpec::new("ubuntu", ImageData::synthetic(4096, 1)));
+    let target = FakeGlance::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &[("prod", &source.url), ("dr", &target.url)],
+        "prod",
+        &["dr"],
+        "",
+    );
+    let request = "GET /v2/images?visibility=all&os_hidden=false&limit=1000 -> 200 in";
+    let decision = "plan: 'ubuntu' on dr: copy";
+
+    let quiet = glance_sync(&cfg, &["plan"]).await;
+    quiet.assert_code(0);
+    assert!(!quiet.stderr.contains(request), "{}", quiet.stderr);
+
+    let v = glance_sync(&cfg, &["plan", "-v"]).await;
+    v.assert_code(0);
+    assert!(v.stderr.contains(request), "{}", v.stderr);
+    assert!(v.stderr.contains("cloud=dr"), "{}", v.stderr);
+    assert!(!v.stderr.contains('\x1b'), "no colour codes off a terminal");
+    assert!(!v.stderr.contains(decision), "{}", v.stderr);
+
+    let vv = glance_sync(&cfg, &["plan", "-vv"]).await;
+    vv.assert_code(0);
+    assert!(vv.stderr.contains(request), "{}", vv.stderr);
+    assert!(vv.stderr.contains(decision), "{}", vv.stderr);
+}
