@@ -22,13 +22,17 @@ const PAGE_LIMIT: usize = 1000;
 pub enum GlanceError {
     #[error(transparent)]
     Auth(#[from] AuthError),
-    #[error("cloud '{cloud}': {operation} failed: HTTP {status}: {message}{request_id}")]
+    #[error(
+        "cloud '{cloud}': {operation} failed: HTTP {status}: {message}{request_id}{what_to_do}"
+    )]
     Http {
         cloud: String,
         operation: String,
         status: u16,
         message: String,
         request_id: String,
+        /// "; <advice>" for the statuses an operator can act on, else empty.
+        what_to_do: String,
     },
     #[error("cloud '{cloud}': {operation} failed: {message}")]
     Transport {
@@ -461,6 +465,9 @@ impl GlanceClient {
             status: status.as_u16(),
             message: glance_message(&text),
             request_id,
+            what_to_do: what_to_do(status.as_u16(), self.cloud())
+                .map(|advice| format!("; {advice}"))
+                .unwrap_or_default(),
         })
     }
 
@@ -479,6 +486,37 @@ impl GlanceClient {
             message,
         }
     }
+}
+
+/// What an operator can do about a final HTTP error, for the statuses where we know.
+fn what_to_do(status: u16, cloud: &str) -> Option<String> {
+    Some(match status {
+        401 => format!(
+            "the token was refused even after authenticating again: check the credentials of \
+             cloud '{cloud}' ([clouds.{cloud}] or its clouds.yaml entry)"
+        ),
+        403 => format!(
+            "the user of cloud '{cloud}' lacks the permission: check its roles against Glance's \
+             policy (by default making an image public needs the admin role)"
+        ),
+        404 => "the image is gone (deleted meanwhile?); the next run plans again".into(),
+        409 => {
+            "the image changed state meanwhile (another client?); the next run plans again".into()
+        }
+        413 => format!(
+            "cloud '{cloud}' refuses the size (image quota, storage quota or image_size_cap): \
+             raise the project's quota, or leave the image out with the job's filter"
+        ),
+        415 => format!(
+            "cloud '{cloud}' does not accept this image's disk or container format: allow it in \
+             its glance-api.conf, or leave the image out with the job's filter"
+        ),
+        500..=599 => format!(
+            "Glance on cloud '{cloud}' is failing: its logs say why (search for the request \
+             id); the next run tries again"
+        ),
+        _ => return None,
+    })
 }
 
 /// Failures to reach the cloud that may pass if tried again. A certificate that does not verify
@@ -554,5 +592,28 @@ mod tests {
             glance_message(body),
             "Image status transition from active to saving is not allowed"
         );
+    }
+
+    #[test]
+    fn errors_an_operator_can_act_on_say_what_to_do_on_which_cloud() {
+        let e = GlanceError::Http {
+            cloud: "dr".into(),
+            operation: "create image 'x'".into(),
+            status: 403,
+            message: "Forbidden".into(),
+            request_id: " (request req-1)".into(),
+            what_to_do: format!("; {}", what_to_do(403, "dr").unwrap()),
+        };
+        assert_eq!(
+            e.to_string(),
+            "cloud 'dr': create image 'x' failed: HTTP 403: Forbidden (request req-1); the user \
+             of cloud 'dr' lacks the permission: check its roles against Glance's policy (by \
+             default making an image public needs the admin role)"
+        );
+        for status in [401, 403, 404, 409, 413, 415, 500, 503] {
+            assert!(what_to_do(status, "dr").is_some(), "{status}");
+        }
+        // A 400's message is the advice: Glance says what it found invalid.
+        assert_eq!(what_to_do(400, "dr"), None);
     }
 }
