@@ -115,30 +115,21 @@ impl Image {
 /// The multihash is compared when both sides used the same algorithm; otherwise the MD5
 /// `checksum`. Without a digest in common the answer is "no": never assume equality.
 pub fn same_content(a: &Image, b: &Image) -> bool {
-    if a.size.is_some() && b.size.is_some() && a.size != b.size {
-        return false;
-    }
-    if let (Some(aa), Some(av), Some(ba), Some(bv)) = (
-        &a.os_hash_algo,
-        &a.os_hash_value,
-        &b.os_hash_algo,
-        &b.os_hash_value,
-    ) && aa == ba
-    {
-        return av.eq_ignore_ascii_case(bv);
-    }
-    match (&a.checksum, &b.checksum) {
-        (Some(x), Some(y)) => x.eq_ignore_ascii_case(y),
-        _ => false,
-    }
+    content_verdict(a, b) == Some(true)
 }
 
 /// Whether two images provably hold different bytes: their sizes, or a digest both have in
 /// common, differ. Stricter than `!same_content`, which also says "not the same" when nothing can
 /// be compared; this one answers "different" only on evidence, as it decides deletions.
 pub fn provably_different_content(a: &Image, b: &Image) -> bool {
+    content_verdict(a, b) == Some(false)
+}
+
+/// Same bytes or not, as far as the sizes and a digest both images have tell; None when they
+/// have no digest in common.
+fn content_verdict(a: &Image, b: &Image) -> Option<bool> {
     if a.size.is_some() && b.size.is_some() && a.size != b.size {
-        return true;
+        return Some(false);
     }
     if let (Some(aa), Some(av), Some(ba), Some(bv)) = (
         &a.os_hash_algo,
@@ -147,11 +138,11 @@ pub fn provably_different_content(a: &Image, b: &Image) -> bool {
         &b.os_hash_value,
     ) && aa == ba
     {
-        return !av.eq_ignore_ascii_case(bv);
+        return Some(av.eq_ignore_ascii_case(bv));
     }
     match (&a.checksum, &b.checksum) {
-        (Some(x), Some(y)) => !x.eq_ignore_ascii_case(y),
-        _ => false,
+        (Some(x), Some(y)) => Some(x.eq_ignore_ascii_case(y)),
+        _ => None,
     }
 }
 

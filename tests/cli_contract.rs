@@ -8,6 +8,33 @@ use std::time::Duration;
 use support::fake_glance::{FakeGlance, Faults, ImageData, ImageSpec};
 use support::sync_cli::{glance_sync, write_config};
 
+/// A source cloud "prod" with one 4 KiB image named `name`, an empty target "dr", and the config
+/// of a job between them. The fakes and the directory live as long as the returned values.
+async fn one_image_to_copy(
+    name: &str,
+) -> (
+    FakeGlance,
+    FakeGlance,
+    tempfile::TempDir,
+    std::path::PathBuf,
+) {
+    let source = FakeGlance::start().await;
+    source.add_image(ImageSpec::new(
+        name,
+        ImageData::Bytes(vec![7u8; 4096].into()),
+    ));
+    let target = FakeGlance::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &[("prod", &source.url), ("dr", &target.url)],
+        "prod",
+        &["dr"],
+        "",
+    );
+    (source, target, dir, cfg)
+}
+
 #[tokio::test]
 async fn invalid_config_exits_2_naming_file_line_and_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -182,20 +209,7 @@ async fn a_second_run_on_the_same_state_is_refused_while_the_first_runs() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn json_logs_are_one_object_per_line_with_the_result_fields() {
-    let source = FakeGlance::start().await;
-    source.add_image(ImageSpec::new(
-        "tiny",
-        ImageData::Bytes(vec![7u8; 4096].into()),
-    ));
-    let target = FakeGlance::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &[("prod", &source.url), ("dr", &target.url)],
-        "prod",
-        &["dr"],
-        "",
-    );
+    let (_source, _target, _dir, cfg) = one_image_to_copy("tiny").await;
     let run = glance_sync(&cfg, &["--log-format", "json", "run"]).await;
     run.assert_code(0);
     let lines: Vec<serde_json::Value> = run
@@ -215,17 +229,7 @@ async fn json_logs_are_one_object_per_line_with_the_result_fields() {
 
 #[tokio::test]
 async fn v_logs_every_api_request_and_vv_every_plan_decision() {
-    let source = FakeGlance::start().await;
-    source.add_image(ImageSpec::new("ubuntu", ImageData::synthetic(4096, 1)));
-    let target = FakeGlance::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &[("prod", &source.url), ("dr", &target.url)],
-        "prod",
-        &["dr"],
-        "",
-    );
+    let (_source, _target, _dir, cfg) = one_image_to_copy("ubuntu").await;
     let request = "GET /v2/images?visibility=all&os_hidden=false&limit=1000 -> 200 in";
     let decision = "plan: 'ubuntu' on dr: copy";
 
