@@ -622,7 +622,8 @@ fn write_clouds_yaml(dir: &Path, clouds: &[(&str, &str)]) -> PathBuf {
 }
 
 /// Other ways of writing the peer, each a flag of benches/peer_openstacksdk.py, shown as rows
-/// 3b and 3c. The targets are judged against row 3, the fastest way.
+/// 3b and 3c. The "(2) ≥ 3 × (3)" target is judged against row 3, the fastest way the SDK's
+/// documentation shows; it is also shown against 3c, the way its guide's example writes it.
 const PEER_VARIANTS: [(&str, &str); 2] = [
     (
         "--in-memory-download",
@@ -1109,7 +1110,11 @@ fn main() {
         };
         paired_hash_ratio = paired(&gs, &both);
         paired_peer_ratio = paired(&gs, &peer);
-        paired_guide_ratio = paired(&gs, &peer_variant[1]);
+        let guide = PEER_VARIANTS
+            .iter()
+            .position(|(flag, _)| *flag == "--guide-example")
+            .expect("the guide's example is a peer variant");
+        paired_guide_ratio = paired(&gs, &peer_variant[guide]);
         if !both.is_empty() {
             let (lo, hi) = range(&both);
             hash_limit = Some(median(&both));
@@ -1557,7 +1562,7 @@ fn main() {
     }
     if let Some(r) = paired_guide_ratio {
         rep.target(
-            "(2) ≥ 3 × (3c), the peer as the SDK guide's example writes it",
+            "(2) ≥ 3 × (3c): the same target against the peer as the SDK guide's example writes it (row 3 is the one that counts)",
             format!("{r:.2} × (median of per-rep ratios)"),
             meaningful(r >= 3.0),
         );

@@ -161,7 +161,8 @@ impl CloudSession {
 
     /// Counts one API request to this cloud.
     /// Records one API request in the metrics, and in the log at debug level (`-v`): which
-    /// request, its answer and how long it took. `what` is the method and path, never a secret.
+    /// request, its answer and how long it took. `what` is the method and URL or path; callers
+    /// leave credentials out of it.
     pub fn observe(&self, operation: &str, what: &str, status: Option<u16>, took: Duration) {
         self.metrics
             .observe_api(&self.name, operation, status, took);
@@ -301,7 +302,7 @@ impl CloudSession {
             .await;
         self.observe(
             "authenticate",
-            &format!("POST {url}"),
+            &format!("POST {}", without_userinfo(&url)),
             resp.as_ref().ok().map(|r| r.status().as_u16()),
             started.elapsed(),
         );
@@ -475,6 +476,18 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
+/// `url` without a `user:password@` part, for logs.
+fn without_userinfo(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Err(_) => "(unparseable URL)".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -488,5 +501,13 @@ mod tests {
         );
         assert_eq!(keystone_v3("http://ks:5000"), "http://ks:5000/v3");
         assert_eq!(keystone_v3("http://ks:5000/v3/"), "http://ks:5000/v3");
+    }
+
+    #[test]
+    fn logged_urls_leave_out_user_and_password() {
+        assert_eq!(
+            without_userinfo("https://admin:s3cret@keystone.example:5000/v3/auth/tokens"),
+            "https://keystone.example:5000/v3/auth/tokens"
+        );
     }
 }

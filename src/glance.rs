@@ -492,14 +492,18 @@ impl GlanceClient {
 fn what_to_do(status: u16, cloud: &str) -> Option<String> {
     Some(match status {
         401 => format!(
-            "the token was refused even after authenticating again: check the credentials of \
-             cloud '{cloud}' ([clouds.{cloud}] or its clouds.yaml entry)"
+            "the token was refused: check the credentials of cloud '{cloud}' ([clouds.{cloud}] \
+             or its clouds.yaml entry)"
         ),
         403 => format!(
             "the user of cloud '{cloud}' lacks the permission: check its roles against Glance's \
              policy (by default making an image public needs the admin role)"
         ),
-        404 => "the image is gone (deleted meanwhile?); the next run plans again".into(),
+        404 => format!(
+            "cloud '{cloud}' knows no such thing: an image deleted meanwhile (the next run plans \
+             again), or, if even listing fails, a wrong image endpoint (interface, region_name \
+             or image_endpoint_override)"
+        ),
         409 => {
             "the image changed state meanwhile (another client?); the next run plans again".into()
         }

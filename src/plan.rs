@@ -291,7 +291,8 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
 
         // Image data never changes in Glance, so our copy whose data differs from its source
         // image's is bad for good: it failed the read-back check after upload and its deletion
-        // failed then. A copy whose source image is gone is left to pruning.
+        // failed then. It is deleted even if the source is now deactivated (and so not copied
+        // again). A copy whose source image is gone is left to pruning.
         for img in images.iter().filter(|i| owns(i) && i.is_established()) {
             let Some(source) = img
                 .marker()
@@ -769,6 +770,22 @@ mod tests {
             "{:?}",
             kinds(&p)
         );
+    }
+
+    #[test]
+    fn our_copy_made_for_another_source_cloud_is_not_judged_against_this_one() {
+        let s = image("s1", "ubuntu", "m1");
+        let mut ledger = Ledger::default();
+        ledger.record_owned("a", "t1");
+        // Another job copied an image with the same source id from cloud "elsewhere".
+        let mut other = copy_of(&s, "t1");
+        other
+            .extra
+            .insert("glance_sync_source_cloud".into(), "elsewhere".into());
+        other.checksum = Some("m9".into());
+        other.os_hash_value = Some("h9".into());
+        let p = run(&job(&["a"]), &[s], &[("a", vec![other])], &ledger);
+        assert_eq!(kinds(&p), vec!["s1@a: copy"]);
     }
 
     #[test]

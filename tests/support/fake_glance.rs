@@ -518,7 +518,8 @@ impl Drop for FakeGlance {
 }
 
 /// The synthetic stream repeats after this many 8-byte words: a prime a little above 1 MiB,
-/// so the repeats fall at a different place in every 1 MiB chunk.
+/// so the repeats fall at a different place in every 1 MiB chunk. (A resume that spliced in data
+/// from an offset off by exactly a multiple of the period would go unnoticed; no fault does that.)
 const SYNTHETIC_PERIOD_WORDS: u64 = 131_101;
 const SYNTHETIC_PERIOD: u64 = SYNTHETIC_PERIOD_WORDS * 8;
 
