@@ -973,6 +973,28 @@ async fn injected_upload_and_create_failures() {
         upload(&g, &c, &id, vec![5u8; 1000]).await.status(),
         StatusCode::NO_CONTENT
     );
+
+    // The answer is lost behind a 409, but the upload went through.
+    let id = create(
+        &g,
+        &c,
+        json!({"disk_format": "raw", "container_format": "bare"}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    g.set_faults(Faults {
+        answer_uploads_with: Some(409),
+        ..Default::default()
+    });
+    assert_eq!(
+        upload(&g, &c, &id, vec![6u8; 1000]).await.status(),
+        StatusCode::CONFLICT
+    );
+    let img = g.image(&id).unwrap();
+    assert_eq!(img["status"], "active");
+    assert_eq!(img["checksum"], md5_hex(&[6u8; 1000]));
 }
 
 #[tokio::test]

@@ -259,6 +259,35 @@ async fn a_copy_stored_corrupt_whose_delete_failed_is_deleted_by_the_next_run_an
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_upload_answered_409_counts_when_the_image_went_active_with_our_bytes() {
+    let (source, target, id, dir) = pair(1 << 20).await;
+    target.set_faults(Faults {
+        answer_uploads_with: Some(409),
+        ..Faults::default()
+    });
+    run(&dir, &source, &target).await.assert_code(0);
+    assert_one_exact_copy(&source, &target, &id);
+    assert!(target.deleted_ids().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_answered_409_fails_and_cleans_up_when_the_image_is_not_active() {
+    let (source, target, id, dir) = pair(1 << 20).await;
+    target.set_faults(Faults {
+        fail_uploads_with: Some(409),
+        ..Faults::default()
+    });
+    let failed = run(&dir, &source, &target).await;
+    failed.assert_code(1);
+    assert!(failed.stdout.contains("HTTP 409"), "{}", failed.stdout);
+    assert!(target.images().is_empty(), "{:?}", target.images());
+
+    target.set_faults(Faults::default());
+    run(&dir, &source, &target).await.assert_code(0);
+    assert_one_exact_copy(&source, &target, &id);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_target_that_is_down_fails_its_images_and_the_other_target_is_served() {
     let source = FakeGlance::start().await;
     source.add_image(ImageSpec::new("img", ImageData::synthetic(1 << 20, 3)));

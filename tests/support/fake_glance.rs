@@ -222,6 +222,10 @@ pub struct Faults {
     pub data_fault_limit: Option<u32>,
     /// PUT /file reads the whole body, then answers this status; the image returns to queued.
     pub fail_uploads_with: Option<u16>,
+    /// PUT /file stores the data and makes the image active as usual, then answers this status
+    /// instead of 204: what a client sees when a proxy retried an upload whose first attempt got
+    /// through (Glance answers the retry 409, the image being active already).
+    pub answer_uploads_with: Option<u16>,
     /// The store keeps the first byte of an upload flipped (a bad disk or NIC): the image becomes
     /// active with the digests of the corrupt bytes, as Glance computes them on what it stores.
     pub corrupt_uploads: bool,
@@ -2940,7 +2944,13 @@ async fn upload(
                 Some(k) => Stored::Bytes(k.freeze()),
                 None => Stored::Discarded,
             });
-            Ok(no_content())
+            match inner.faults.answer_uploads_with {
+                Some(code) => Err(injected(
+                    code,
+                    "Image status transition from active to saving is not allowed",
+                )),
+                None => Ok(no_content()),
+            }
         }
         Err(reason) => {
             img.set_status("queued");
