@@ -37,6 +37,19 @@ async fn json_of(resp: reqwest::Response) -> Value {
     resp.json::<Value>().await.expect("json body")
 }
 
+/// A new queued raw/bare image; its id.
+async fn create_raw(g: &FakeGlance, c: &reqwest::Client) -> String {
+    create(
+        g,
+        c,
+        json!({"disk_format": "raw", "container_format": "bare"}),
+    )
+    .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 async fn create(g: &FakeGlance, c: &reqwest::Client, body: Value) -> Value {
     let resp = c
         .post(format!("{}/v2/images", g.url))
@@ -337,15 +350,7 @@ async fn hash_algo_option_changes_os_hash_algo() {
     })
     .await;
     let c = client();
-    let id = create(
-        &g,
-        &c,
-        json!({"disk_format": "raw", "container_format": "bare"}),
-    )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = create_raw(&g, &c).await;
     let data = random_bytes(100_000, 1);
     assert_eq!(
         upload(&g, &c, &id, data.clone()).await.status(),
@@ -411,15 +416,7 @@ async fn upload_preconditions_match_glance() {
 async fn upload_size_header_mismatch_is_400_and_image_stays_queued() {
     let g = FakeGlance::start().await;
     let c = client();
-    let id = create(
-        &g,
-        &c,
-        json!({"disk_format": "raw", "container_format": "bare"}),
-    )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = create_raw(&g, &c).await;
     for declared in ["10", "1000"] {
         let resp = c
             .put(format!("{}/v2/images/{id}/file", g.url))
@@ -517,15 +514,7 @@ async fn upload_cut_mid_stream_returns_image_to_queued() {
 async fn image_deleted_during_upload_answers_410() {
     let g = FakeGlance::start().await;
     let c = client();
-    let id = create(
-        &g,
-        &c,
-        json!({"disk_format": "raw", "container_format": "bare"}),
-    )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = create_raw(&g, &c).await;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
@@ -617,15 +606,7 @@ async fn store_data_false_hashes_but_discards_bytes() {
     })
     .await;
     let c = client();
-    let id = create(
-        &g,
-        &c,
-        json!({"disk_format": "raw", "container_format": "bare"}),
-    )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = create_raw(&g, &c).await;
     let data = random_bytes(300_000, 5);
     assert_eq!(
         upload(&g, &c, &id, data.clone()).await.status(),
@@ -941,15 +922,7 @@ async fn stall_fault_stops_sending_but_keeps_connection_open() {
 async fn injected_upload_and_create_failures() {
     let g = FakeGlance::start().await;
     let c = client();
-    let id = create(
-        &g,
-        &c,
-        json!({"disk_format": "raw", "container_format": "bare"}),
-    )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = create_raw(&g, &c).await;
     g.set_faults(Faults {
         fail_uploads_with: Some(503),
         fail_creates_with: Some(413),
@@ -975,15 +948,7 @@ async fn injected_upload_and_create_failures() {
     );
 
     // The answer is lost behind a 409, but the upload went through.
-    let id = create(
-        &g,
-        &c,
-        json!({"disk_format": "raw", "container_format": "bare"}),
-    )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = create_raw(&g, &c).await;
     g.set_faults(Faults {
         answer_uploads_with: Some(409),
         ..Default::default()
@@ -1001,15 +966,7 @@ async fn injected_upload_and_create_failures() {
 async fn a_corrupting_store_makes_the_image_active_with_the_digests_of_what_it_kept() {
     let g = FakeGlance::start().await;
     let c = client();
-    let id = create(
-        &g,
-        &c,
-        json!({"disk_format": "raw", "container_format": "bare"}),
-    )
-    .await["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = create_raw(&g, &c).await;
     g.set_faults(Faults {
         corrupt_uploads: true,
         ..Default::default()
