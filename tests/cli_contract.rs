@@ -249,3 +249,45 @@ async fn v_logs_every_api_request_and_vv_every_plan_decision() {
     assert!(vv.stderr.contains(request), "{}", vv.stderr);
     assert!(vv.stderr.contains(decision), "{}", vv.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_a_terminal_run_draws_a_progress_bar_per_transfer_and_keeps_the_log_lines() {
+    let source = FakeGlance::start().await;
+    // The first frame is drawn at once; a 64 MiB copy in a test build takes a few more.
+    source.add_image(ImageSpec::new(
+        "bar-image",
+        ImageData::synthetic(64 << 20, 5),
+    ));
+    let target = FakeGlance::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &[("prod", &source.url), ("dr", &target.url)],
+        "prod",
+        &["dr"],
+        "",
+    );
+    // util-linux `script` gives the command a pseudo-terminal and copies what it draws.
+    let command = format!(
+        "{} --config {} run",
+        env!("CARGO_BIN_EXE_glance-sync"),
+        cfg.display()
+    );
+    let out = tokio::process::Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env_remove("RUST_LOG")
+        .env("TERM", "xterm")
+        .env_remove("NO_COLOR")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("run script(1) from util-linux");
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(
+        screen.contains("bar-image") && screen.contains("/64.00 MiB") && screen.contains("eta"),
+        "no progress bar drawn:\n{screen}"
+    );
+    assert!(screen.contains("copied 'bar-image' to dr"), "{screen}");
+    assert_eq!(target.images().len(), 1);
+}
