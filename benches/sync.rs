@@ -13,6 +13,8 @@
 
 #[path = "../tests/support/fake_glance.rs"]
 mod fake_glance;
+#[path = "../tests/support/sync_cli.rs"]
+mod sync_cli;
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -31,6 +33,7 @@ use fake_glance::{FakeGlance, FakeOptions, ImageData, ImageSpec, synthetic_bytes
 use glance_sync::config::{Filter, Job};
 use glance_sync::image::{Image, MARKER_SOURCE_CLOUD, MARKER_SOURCE_ID};
 use glance_sync::plan::{Ledger, PlanInput, plan};
+use sync_cli::write_config;
 
 const MIB: u64 = 1 << 20;
 const SECTIONS: &[&str] = &[
@@ -463,32 +466,9 @@ fn glance_sync_exe() -> PathBuf {
     exe
 }
 
-/// A config with `auth_type = none` clouds (as tests/support/sync_cli.rs writes it) and one job
-/// from `source` to `targets`; `extra` is appended (e.g. a `[transfer]` table).
-fn write_config(
-    dir: &Path,
-    clouds: &[(&str, &str)],
-    source: &str,
-    targets: &[&str],
-    extra: &str,
-) -> PathBuf {
-    let mut text = format!("[state]\npath = \"{}\"\n\n", dir.join("state.db").display());
-    for (name, url) in clouds {
-        text.push_str(&format!(
-            "[clouds.{name}]\nauth_type = \"none\"\nimage_endpoint_override = \"{url}\"\n\n"
-        ));
-    }
-    let targets = targets
-        .iter()
-        .map(|t| format!("\"{t}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    text.push_str(&format!(
-        "[[jobs]]\nname = \"bench\"\nsource = \"{source}\"\ntargets = [{targets}]\n\n{extra}"
-    ));
-    let path = dir.join("config.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+/// The config of one job copying from cloud "src" at `src` to cloud "dst" at `dst`.
+fn src_to_dst_config(dir: &Path, src: &str, dst: &str, extra: &str) -> PathBuf {
+    write_config(dir, &[("src", src), ("dst", dst)], "src", &["dst"], extra)
 }
 
 fn glance_sync_run(exe: &Path, config: &Path) -> Command {
@@ -1037,13 +1017,7 @@ fn main() {
             if args.wants("copy") {
                 let target = fast_target(&rt, &[&data]);
                 let dir = subdir(base, &format!("copy-{i}"));
-                let cfg = write_config(
-                    &dir,
-                    &[("src", &source.url), ("dst", &target.url)],
-                    "src",
-                    &["dst"],
-                    "",
-                );
+                let cfg = src_to_dst_config(&dir, &source.url, &target.url, "");
                 let served = source.bytes_served();
                 let c0 = self_cpu();
                 let r = run_child(glance_sync_run(&exe, &cfg), &dir, "glance-sync");
@@ -1266,13 +1240,7 @@ fn main() {
                 let dir = subdir(base, &format!("real-{i}-{which}"));
                 let servers0 = src.cpu() + dst.cpu();
                 let r = if which == 0 {
-                    let cfg = write_config(
-                        &dir,
-                        &[("src", &src.url), ("dst", &dst.url)],
-                        "src",
-                        &["dst"],
-                        "",
-                    );
+                    let cfg = src_to_dst_config(&dir, &src.url, &dst.url, "");
                     let r = run_child(glance_sync_run(&exe, &cfg), &dir, "glance-sync");
                     r.check("glance-sync run (real Glance)");
                     gs_logged.extend(logged_mbps(&r.stderr));
@@ -1377,24 +1345,17 @@ fn main() {
         let dir = subdir(base, "noop");
         // The first run copies everything (more images in flight to make that quicker); the
         // measured runs use the default settings over the same state.
-        let prep_cfg = write_config(
+        let prep_cfg = src_to_dst_config(
             &dir,
-            &[("src", &source.url), ("dst", &target.url)],
-            "src",
-            &["dst"],
+            &source.url,
+            &target.url,
             "[transfer]\nmax_parallel_images = 8\n",
         );
         let r = run_child(glance_sync_run(&exe, &prep_cfg), &dir, "prep");
         r.check("glance-sync run (copying the tiny images)");
         assert_eq!(target.images().len(), n, "every tiny image copied");
         let prep = r.wall;
-        let cfg = write_config(
-            &dir,
-            &[("src", &source.url), ("dst", &target.url)],
-            "src",
-            &["dst"],
-            "",
-        );
+        let cfg = src_to_dst_config(&dir, &source.url, &target.url, "");
         let (mut walls, mut reqs, mut cpus, mut fake_cpus) = (vec![], vec![], vec![], vec![]);
         let mut log_example = Vec::new();
         for i in 0..args.reps {
@@ -1471,11 +1432,10 @@ fn main() {
         for i in 0..args.reps {
             let target = fast_target(&rt, &[&data]);
             let dir = subdir(base, &format!("par-{i}"));
-            let cfg = write_config(
+            let cfg = src_to_dst_config(
                 &dir,
-                &[("src", &source.url), ("dst", &target.url)],
-                "src",
-                &["dst"],
+                &source.url,
+                &target.url,
                 "[transfer]\nmax_parallel_images = 4\n",
             );
             let r = run_child(glance_sync_run(&exe, &cfg), &dir, "glance-sync");
