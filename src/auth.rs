@@ -282,14 +282,16 @@ impl CloudSession {
             }
         };
         let url = format!("{}/auth/tokens", keystone_v3(auth_url));
+        // What errors and logs show: an auth_url may carry `user:password@`.
+        let shown = without_userinfo(&url);
         let unreachable = |message: String| AuthError::Unreachable {
             cloud: self.name.clone(),
-            url: url.clone(),
+            url: shown.clone(),
             message,
         };
         let protocol = |message: String| AuthError::Protocol {
             cloud: self.name.clone(),
-            url: url.clone(),
+            url: shown.clone(),
             message,
         };
         let started = std::time::Instant::now();
@@ -302,17 +304,18 @@ impl CloudSession {
             .await;
         self.observe(
             "authenticate",
-            &format!("POST {}", without_userinfo(&url)),
+            &format!("POST {shown}"),
             resp.as_ref().ok().map(|r| r.status().as_u16()),
             started.elapsed(),
         );
-        let resp = resp.map_err(|e| unreachable(error_chain(&e)))?;
+        // reqwest's error text repeats the URL, userinfo included.
+        let resp = resp.map_err(|e| unreachable(error_chain(&e.without_url())))?;
         let status = resp.status();
         if !status.is_success() {
             let text = resp.text().await.unwrap_or_default();
             return Err(AuthError::Rejected {
                 cloud: self.name.clone(),
-                url: url.clone(),
+                url: shown.clone(),
                 status: status.as_u16(),
                 message: keystone_message(&text),
             });
@@ -484,7 +487,10 @@ fn without_userinfo(url: &str) -> String {
             let _ = u.set_password(None);
             u.to_string()
         }
-        Err(_) => "(unparseable URL)".into(),
+        // Shown as written, so the operator sees what is wrong with it, unless it may hold a
+        // password.
+        Err(_) if !url.contains('@') => url.to_string(),
+        Err(_) => "(an unparseable URL)".into(),
     }
 }
 
