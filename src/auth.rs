@@ -161,9 +161,15 @@ impl CloudSession {
 
     /// Counts one API request to this cloud.
     /// Records one API request in the metrics, and in the log at debug level (`-v`): which
-    /// request, its answer and how long it took. `what` is the method and URL or path; callers
-    /// leave credentials out of it.
-    pub fn observe(&self, operation: &str, what: &str, status: Option<u16>, took: Duration) {
+    /// request, its answer and how long it took. `what` is the method and URL or path (formatted
+    /// only when the line is logged); callers leave credentials out of it.
+    pub fn observe(
+        &self,
+        operation: &str,
+        what: std::fmt::Arguments<'_>,
+        status: Option<u16>,
+        took: Duration,
+    ) {
         self.metrics
             .observe_api(&self.name, operation, status, took);
         tracing::debug!(
@@ -304,7 +310,7 @@ impl CloudSession {
             .await;
         self.observe(
             "authenticate",
-            &format!("POST {shown}"),
+            format_args!("POST {shown}"),
             resp.as_ref().ok().map(|r| r.status().as_u16()),
             started.elapsed(),
         );

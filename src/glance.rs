@@ -322,7 +322,7 @@ impl GlanceClient {
         let resp = req.send().await;
         self.session.observe(
             "upload",
-            &format!("PUT /v2/images/{id}/file ({size} bytes)"),
+            format_args!("PUT /v2/images/{id}/file ({size} bytes)"),
             resp.as_ref().ok().map(|r| r.status().as_u16()),
             started.elapsed(),
         );
@@ -389,7 +389,7 @@ impl GlanceClient {
                 .await;
             self.session.observe(
                 operation_kind(&method, path),
-                &format!("{method} {path}"),
+                format_args!("{method} {path}"),
                 resp.as_ref().ok().map(|r| r.status().as_u16()),
                 started.elapsed(),
             );
