@@ -273,7 +273,28 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
         }
         let owns = |i: &Image| input.ledger.owns(target, &i.id);
 
-        for img in images.iter().filter(|i| owns(i) && !i.is_established()) {
+        // Our images that can never become good copies are deleted before anything is copied:
+        // unfinished uploads, and copies whose data differs from their source image's. Image
+        // data never changes in Glance, so such a copy is bad for good: it failed the read-back
+        // check after upload and its deletion failed then. It is deleted even if the source is
+        // now deactivated (and so not copied again); a copy whose source image is gone is left
+        // to pruning.
+        for img in images.iter().filter(|i| owns(i)) {
+            let source = img
+                .marker()
+                .filter(|(cloud, _)| *cloud == job.source)
+                .and_then(|(_, id)| source_by_id.get(id));
+            let why = if !img.is_established() {
+                format!("unfinished copy (status {})", img.status)
+            } else if let Some(source) = source.filter(|s| provably_different_content(s, img)) {
+                format!(
+                    "copy whose data differs from the source image's (checksum {}, source {})",
+                    img.checksum.as_deref().unwrap_or("none"),
+                    source.checksum.as_deref().unwrap_or("none")
+                )
+            } else {
+                continue;
+            };
             actions.push(Action {
                 source_id: img
                     .marker()
@@ -284,38 +305,7 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
                 target: target.clone(),
                 kind: ActionKind::DeleteFailedCopy {
                     target_id: img.id.clone(),
-                    why: format!("unfinished copy (status {})", img.status),
-                },
-            });
-        }
-
-        // Image data never changes in Glance, so our copy whose data differs from its source
-        // image's is bad for good: it failed the read-back check after upload and its deletion
-        // failed then. It is deleted even if the source is now deactivated (and so not copied
-        // again). A copy whose source image is gone is left to pruning.
-        for img in images.iter().filter(|i| owns(i) && i.is_established()) {
-            let Some(source) = img
-                .marker()
-                .filter(|(cloud, _)| *cloud == job.source)
-                .and_then(|(_, id)| source_by_id.get(id))
-            else {
-                continue;
-            };
-            if !provably_different_content(source, img) {
-                continue;
-            }
-            actions.push(Action {
-                source_id: source.id.clone(),
-                name: img.name.clone(),
-                size: None,
-                target: target.clone(),
-                kind: ActionKind::DeleteFailedCopy {
-                    target_id: img.id.clone(),
-                    why: format!(
-                        "copy whose data differs from the source image's (checksum {}, source {})",
-                        img.checksum.as_deref().unwrap_or("none"),
-                        source.checksum.as_deref().unwrap_or("none")
-                    ),
+                    why,
                 },
             });
         }
