@@ -472,10 +472,20 @@ impl GlanceClient {
     }
 
     fn transport(&self, operation: &str, e: &reqwest::Error) -> GlanceError {
+        let cause = error_chain(e);
+        let cloud = self.cloud();
+        let advice = if cause.to_ascii_lowercase().contains("certificate") {
+            format!("give cloud '{cloud}' the CA that signed its certificate (cacert)")
+        } else {
+            format!(
+                "check that the image endpoint of cloud '{cloud}' is reachable from this host; the \
+                 next run tries again"
+            )
+        };
         GlanceError::Transport {
-            cloud: self.cloud().to_string(),
+            cloud: cloud.to_string(),
             operation: operation.to_string(),
-            message: error_chain(e),
+            message: format!("{cause}; {advice}"),
         }
     }
 

@@ -308,6 +308,12 @@ async fn a_target_that_is_down_fails_its_images_and_the_other_target_is_served()
         "{}",
         run.stdout
     );
+    assert!(
+        run.stdout
+            .contains("check that the image endpoint of cloud 'down' is reachable"),
+        "says what to do: {}",
+        run.stdout
+    );
     assert_eq!(good.images().len(), 1);
 }
 
