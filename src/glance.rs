@@ -474,8 +474,16 @@ impl GlanceClient {
     fn transport(&self, operation: &str, e: &reqwest::Error) -> GlanceError {
         let cause = error_chain(e);
         let cloud = self.cloud();
-        let advice = if cause.to_ascii_lowercase().contains("certificate") {
+        let lower = cause.to_ascii_lowercase();
+        let advice = if lower.contains("certificate") {
             format!("give cloud '{cloud}' the CA that signed its certificate (cacert)")
+        } else if lower.contains("writing a body") {
+            // A server that refuses an upload early (quota, size cap) may close the connection
+            // before its answer can be read.
+            format!(
+                "cloud '{cloud}' closed the connection during the upload, possibly refusing the \
+                 image (quota or size cap): its logs say why; the next run tries again"
+            )
         } else {
             format!(
                 "check that the image endpoint of cloud '{cloud}' is reachable from this host; the \

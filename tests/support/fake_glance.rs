@@ -2782,9 +2782,15 @@ async fn upload(
     };
     // glance_store treats 0 as "unknown size".
     let expected = expected.filter(|&n| n > 0).map(|n| n as u64);
-    if let (Some(cap), Some(n)) = (s.lock().faults.size_cap, expected)
+    let size_cap = s.lock().faults.size_cap;
+    if let (Some(cap), Some(n)) = (size_cap, expected)
         && n > cap
     {
+        // Glance answers 413 only after streaming past the cap (glance-api.md). Reading the whole
+        // body first keeps the answer deterministic: refusing before reading races the client's
+        // body writes, which then fail with a broken pipe instead of seeing the 413.
+        let mut stream = body.into_data_stream();
+        while let Some(Ok(_)) = stream.next().await {}
         return Err(injected(413, "Image exceeds the storage quota"));
     }
 
