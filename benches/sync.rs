@@ -32,7 +32,7 @@ use sha2::Sha512;
 use fake_glance::{FakeGlance, FakeOptions, ImageData, ImageSpec, synthetic_bytes};
 use glance_sync::config::{Filter, Job};
 use glance_sync::image::{Image, MARKER_SOURCE_CLOUD, MARKER_SOURCE_ID};
-use glance_sync::plan::{Ledger, PlanInput, plan};
+use glance_sync::plan::{Ledger, OwnedImage, PlanInput, plan};
 use sync_cli::write_config;
 
 const MIB: u64 = 1 << 20;
@@ -869,8 +869,16 @@ fn plan_cpu(n: usize, reps: usize) -> (Vec<f64>, usize) {
                 .insert(MARKER_SOURCE_CLOUD.into(), Value::from("src"));
             c.extra
                 .insert(MARKER_SOURCE_ID.into(), Value::from(s.id.clone()));
-            ledger.record_copy("dst", &s.id, &c.id);
-            ledger.record_owned("dst", &c.id);
+            ledger.record(
+                "dst",
+                &c.id,
+                OwnedImage {
+                    job: Some("bench".into()),
+                    source_cloud: "src".into(),
+                    source_id: s.id.clone(),
+                    in_flight: None,
+                },
+            );
             c
         })
         .collect();
@@ -889,6 +897,7 @@ fn plan_cpu(n: usize, reps: usize) -> (Vec<f64>, usize) {
         source_images: &source,
         target_images: &targets,
         ledger: &ledger,
+        projects: &Default::default(),
     };
     let mut times = Vec::new();
     let mut writes = 0;

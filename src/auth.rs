@@ -32,6 +32,15 @@ pub enum AuthError {
         status: u16,
         message: String,
     },
+    #[error(
+        "cloud '{cloud}': {url} is not a Keystone v3 endpoint (it answered HTTP {status} to a \
+         token request): set auth_url to Keystone's URL, e.g. https://keystone.example:5000/v3"
+    )]
+    NotKeystone {
+        cloud: String,
+        url: String,
+        status: u16,
+    },
     #[error("cloud '{cloud}': cannot reach Keystone at {url}: {message}")]
     Unreachable {
         cloud: String,
@@ -64,6 +73,9 @@ pub struct Access {
     /// Glance's service root, without a trailing `/` or `/v2`.
     pub endpoint: String,
     token: Option<SecretString>,
+    /// The project the token is scoped to (from Keystone), or the cloud's `project_id` when
+    /// there is no Keystone; `None` when unknown.
+    pub project_id: Option<String>,
 }
 
 impl Access {
@@ -222,6 +234,7 @@ impl CloudSession {
                     access: Access {
                         endpoint: self.override_endpoint(),
                         token: None,
+                        project_id: self.config.project_id.clone(),
                     },
                     expires_at: None,
                 });
@@ -235,6 +248,7 @@ impl CloudSession {
                     access: Access {
                         endpoint: self.override_endpoint(),
                         token: Some(token.clone()),
+                        project_id: self.config.project_id.clone(),
                     },
                     expires_at: None,
                 });
@@ -317,6 +331,15 @@ impl CloudSession {
         // reqwest's error text repeats the URL, userinfo included.
         let resp = resp.map_err(|e| unreachable(error_chain(&e.without_url())))?;
         let status = resp.status();
+        // Keystone answers a bad token request with 400/401/403; a version list (300) or a
+        // missing route (404, 405) means the URL is something else, e.g. Glance's.
+        if matches!(status.as_u16(), 300 | 404 | 405) {
+            return Err(AuthError::NotKeystone {
+                cloud: self.name.clone(),
+                url: shown.clone(),
+                status: status.as_u16(),
+            });
+        }
         if !status.is_success() {
             let text = resp.text().await.unwrap_or_default();
             return Err(AuthError::Rejected {
@@ -344,10 +367,13 @@ impl CloudSession {
             None => self.endpoint_from_catalog(&body["token"]["catalog"])?,
         };
         tracing::debug!(cloud = %self.name, %endpoint, expires_at = ?expires_at, "authenticated");
+        // The owner glance-sync's images get; it decides whose images are "ours" (tenant rules).
+        let project_id = body["token"]["project"]["id"].as_str().map(str::to_string);
         Ok(Cached {
             access: Access {
                 endpoint,
                 token: Some(token),
+                project_id,
             },
             expires_at,
         })

@@ -14,6 +14,9 @@ use glance_sync::metrics::Metrics;
 use glance_sync::plan::{ActionKind, Ledger};
 use glance_sync::progress::Progress;
 use glance_sync::state::State;
+use glance_sync::terminal::{self, escape, print_table, table_name};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -69,6 +72,15 @@ enum Command {
     },
     /// Validate the config, authenticate against every cloud, print each image endpoint.
     Check,
+    /// List images on the targets that carry glance-sync's marker but are missing from the state
+    /// database (lost or restored); with --yes, record them as the job's copies.
+    Adopt {
+        #[arg(long = "job")]
+        jobs: Vec<String>,
+        /// Record the adoptable images in the ledger. Without it nothing changes.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -126,13 +138,30 @@ pub fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli, progress)) {
         Ok(code) => code,
         Err(f) => {
+            let message = error_chain(&f.error);
             match log_format {
-                LogFormat::Json => tracing::error!("{:#}", f.error),
-                LogFormat::Text => eprintln!("glance-sync: {:#}", f.error),
+                LogFormat::Json => tracing::error!("{message}"),
+                LogFormat::Text => eprintln!("glance-sync: {}", escape(&message)),
             }
             ExitCode::from(f.code)
         }
     }
+}
+
+/// An error and its causes on one line, each cause only if the text so far does not already say
+/// it (our errors quote their cause; anyhow's `{:#}` would repeat it).
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.is_empty() {
+            text = part;
+        } else if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+    }
+    text
 }
 
 fn init_logging(cli: &Cli, progress: &Progress) {
@@ -155,7 +184,8 @@ fn init_logging(cli: &Cli, progress: &Progress) {
         .with_ansi(colour)
         .with_target(false);
     match cli.log_format {
-        LogFormat::Text => builder.init(),
+        // Log lines quote image names: escaped for a terminal, exact in JSON.
+        LogFormat::Text => builder.fmt_fields(terminal::EscapedFields).init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
 }
@@ -174,6 +204,64 @@ async fn dispatch(cli: Cli, progress: Progress) -> Result<ExitCode, Failure> {
         Command::Plan { jobs, format } => plan(&config, &jobs, format).await,
         Command::Status { format } => status(&config, format),
         Command::Check => check(&config).await,
+        Command::Adopt { jobs, yes } => adopt(&config, &jobs, yes).await,
+    }
+}
+
+/// SIGINT and SIGTERM for one-shot commands. The first one cancels: no new work starts,
+/// transfers abort and clean up, and the command exits with 128 + the signal's number. A second
+/// one exits at once (the ledger lets the next run clean up what is left).
+struct Interrupt {
+    cancel: CancellationToken,
+    signal: Arc<AtomicI32>,
+}
+
+impl Interrupt {
+    fn watch() -> Result<Interrupt, Failure> {
+        let cancel = CancellationToken::new();
+        let received = Arc::new(AtomicI32::new(0));
+        let mut term = signal(SignalKind::terminate())
+            .context("cannot install a SIGTERM handler")
+            .map_err(failed)?;
+        let mut int = signal(SignalKind::interrupt())
+            .context("cannot install a SIGINT handler")
+            .map_err(failed)?;
+        tokio::spawn({
+            let cancel = cancel.clone();
+            let received = received.clone();
+            async move {
+                loop {
+                    let signo = tokio::select! {
+                        _ = term.recv() => libc::SIGTERM,
+                        _ = int.recv() => libc::SIGINT,
+                    };
+                    if received.swap(signo, Ordering::SeqCst) != 0 {
+                        tracing::warn!(
+                            "second signal: exiting now; the next run deletes what this one \
+                             left half-made (the ids are in the state database)"
+                        );
+                        std::process::exit(128 + signo);
+                    }
+                    tracing::warn!(
+                        "signal received: stopping, aborting transfers in flight and cleaning up \
+                         (a second signal exits at once)"
+                    );
+                    cancel.cancel();
+                }
+            }
+        });
+        Ok(Interrupt {
+            cancel,
+            signal: received,
+        })
+    }
+
+    /// 128 + the signal's number (130 for SIGINT, 143 for SIGTERM) once one was received.
+    fn exit_code(&self) -> Option<ExitCode> {
+        match self.signal.load(Ordering::SeqCst) {
+            0 => None,
+            signo => Some(ExitCode::from((128 + signo) as u8)),
+        }
     }
 }
 
@@ -186,23 +274,9 @@ async fn run(
     let jobs = config.select_jobs(jobs).map_err(usage)?;
     let metrics = Metrics::new();
     let engine = Engine::new(config, progress, metrics.clone()).map_err(usage)?;
+    let interrupt = Interrupt::watch()?;
+    let cancel = interrupt.cancel.clone();
     let state = State::open(&config.state_path).map_err(usage)?;
-    // SIGTERM/SIGINT abort the transfers in flight and delete their half-made copies.
-    let cancel = CancellationToken::new();
-    tokio::spawn({
-        let cancel = cancel.clone();
-        async move {
-            let Ok(mut term) = signal(SignalKind::terminate()) else {
-                return;
-            };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-            tracing::warn!("signal received: aborting transfers in flight and cleaning up");
-            cancel.cancel();
-        }
-    });
     let mut all_ok = true;
     for job in &jobs {
         if cancel.is_cancelled() {
@@ -218,7 +292,7 @@ async fn run(
             Err(e) => {
                 all_ok = false;
                 tracing::error!(job = %job.name, "{e}");
-                println!("job {}: failed: {e}", job.name);
+                println!("job {}: failed: {}", job.name, escape(&e.to_string()));
             }
         }
     }
@@ -227,6 +301,9 @@ async fn run(
             .write_textfile(path)
             .with_context(|| format!("cannot write metrics textfile {}", path.display()))
             .map_err(failed)?;
+    }
+    if let Some(code) = interrupt.exit_code() {
+        return Ok(code);
     }
     Ok(ExitCode::from(if all_ok { 0 } else { 1 }))
 }
@@ -247,7 +324,7 @@ fn summary_line(r: &JobReport, seconds: f64) -> String {
                 | ActionKind::Reactivate { .. }
         )
     });
-    let skipped = count(&|k| matches!(k, ActionKind::Skip { .. }));
+    let skipped = count(&|k| matches!(k, ActionKind::Skip { .. } | ActionKind::InFlight { .. }));
     let pruned = count(&|k| matches!(k, ActionKind::Prune { .. }));
     let mut line = format!(
         "job {}: {} ({} copied, {:.1} MB; {updated} updated; {in_sync} in sync; {skipped} skipped; {pruned} pruned; {} failed) in {seconds:.1} s",
@@ -258,16 +335,20 @@ fn summary_line(r: &JobReport, seconds: f64) -> String {
         r.summary.images_failed,
     );
     for u in &r.unreachable_targets {
-        line.push_str(&format!("\n  target {} not reached: {}", u.target, u.error));
+        line.push_str(&format!(
+            "\n  target {} not reached: {}",
+            u.target,
+            escape(&u.error)
+        ));
     }
     for x in r.results.iter().filter(|x| x.error.is_some()) {
         line.push_str(&format!(
             "\n  FAILED {} '{}' ({}) on {}: {}",
-            x.action.describe(),
-            x.action.name.as_deref().unwrap_or(""),
+            escape(&x.action.describe()),
+            escape(x.action.name.as_deref().unwrap_or("")),
             x.action.source_id,
             x.action.target,
-            x.error.as_deref().unwrap_or("")
+            escape(x.error.as_deref().unwrap_or(""))
         ));
     }
     line
@@ -275,17 +356,28 @@ fn summary_line(r: &JobReport, seconds: f64) -> String {
 
 async fn plan(config: &Config, jobs: &[String], format: Format) -> Result<ExitCode, Failure> {
     let jobs = config.select_jobs(jobs).map_err(usage)?;
+    let interrupt = Interrupt::watch()?;
     let engine = Engine::new(config, Progress::default(), Metrics::new()).map_err(usage)?;
     let state = State::open_read_only(&config.state_path).map_err(failed)?;
-    let mut plans: Vec<JobPlan> = Vec::new();
-    for job in &jobs {
-        let ledger = match &state {
-            Some(s) => s.ledger(&job.source).map_err(failed)?,
-            None => Ledger::default(),
-        };
-        let (p, _) = engine.plan_job(job, &ledger).await.map_err(failed)?;
-        plans.push(p);
-    }
+    let ledger = match &state {
+        Some(s) => s.ledger().map_err(failed)?,
+        None => Ledger::default(),
+    };
+    let planning = async {
+        let mut plans: Vec<JobPlan> = Vec::new();
+        for job in &jobs {
+            let (p, _) = engine.plan_job(job, &ledger).await.map_err(failed)?;
+            plans.push(p);
+        }
+        Ok::<_, Failure>(plans)
+    };
+    // A plan cut short would mislead: on a signal nothing is printed.
+    let plans = tokio::select! {
+        plans = planning => plans?,
+        _ = interrupt.cancel.cancelled() => {
+            return Ok(interrupt.exit_code().unwrap_or(ExitCode::FAILURE));
+        }
+    };
     match format {
         Format::Json => println!(
             "{}",
@@ -293,13 +385,20 @@ async fn plan(config: &Config, jobs: &[String], format: Format) -> Result<ExitCo
         ),
         Format::Table => {
             for p in &plans {
-                println!(
+                let mut heading = format!(
                     "job {} (source {}): {} actions, {} source images not selected by the filter",
                     p.plan.job,
                     p.plan.source,
                     p.plan.actions.len(),
                     p.plan.not_selected
                 );
+                if !p.plan.left_out.is_empty() {
+                    heading.push_str(&format!(
+                        ", {} private or shared images of other projects left out (-vv lists them)",
+                        p.plan.left_out.len()
+                    ));
+                }
+                println!("{heading}");
                 let rows: Vec<[String; 5]> = p
                     .plan
                     .actions
@@ -307,7 +406,7 @@ async fn plan(config: &Config, jobs: &[String], format: Format) -> Result<ExitCo
                     .map(|a| {
                         [
                             a.target.clone(),
-                            a.name.clone().unwrap_or_default(),
+                            table_name(a.name.as_deref().unwrap_or_default()),
                             a.source_id.clone(),
                             a.size.map(human_size).unwrap_or_default(),
                             a.describe(),
@@ -316,13 +415,104 @@ async fn plan(config: &Config, jobs: &[String], format: Format) -> Result<ExitCo
                     .collect();
                 print_table(&["TARGET", "IMAGE", "SOURCE ID", "SIZE", "ACTION"], &rows);
                 for u in &p.unreachable_targets {
-                    println!("  target {} not reached: {}", u.target, u.error);
+                    println!("  target {} not reached: {}", u.target, escape(&u.error));
+                }
+                for (target, count) in p.plan.unadopted_per_target() {
+                    if count > 0 {
+                        println!(
+                            "  target {target}: {count} image(s) with glance-sync's marker are not \
+                             in the state database (lost or restored?): see glance-sync adopt --job {}",
+                            p.plan.job
+                        );
+                    }
                 }
             }
         }
     }
     let unreachable = plans.iter().any(|p| !p.unreachable_targets.is_empty());
     Ok(ExitCode::from(if unreachable { 1 } else { 0 }))
+}
+
+/// Lists, per job and target, the images owned by glance-sync's project that carry its marker for
+/// the job's source cloud but are missing from the ledger, with what adopting each would mean;
+/// `--yes` records the adoptable ones as the job's copies.
+async fn adopt(config: &Config, jobs: &[String], yes: bool) -> Result<ExitCode, Failure> {
+    let jobs = config.select_jobs(jobs).map_err(usage)?;
+    let engine = Engine::new(config, Progress::default(), Metrics::new()).map_err(usage)?;
+    // Recording needs the run lock; listing does not (it works while a run goes on).
+    let writer = if yes {
+        Some(State::open(&config.state_path).map_err(usage)?)
+    } else {
+        None
+    };
+    let reader = match &writer {
+        Some(_) => None,
+        None => State::open_read_only(&config.state_path).map_err(failed)?,
+    };
+    let mut adoptable_total = 0;
+    for job in &jobs {
+        // Read again per job: an image adopted for one job is no longer unadopted for the next.
+        let ledger = match writer.as_ref().or(reader.as_ref()) {
+            Some(s) => s.ledger().map_err(failed)?,
+            None => Ledger::default(),
+        };
+        let (p, _) = engine.plan_job(job, &ledger).await.map_err(failed)?;
+        for u in &p.unreachable_targets {
+            println!("  target {} not reached: {}", u.target, escape(&u.error));
+        }
+        let unadopted = &p.plan.unadopted;
+        println!(
+            "job {} (source {}): {} image(s) with glance-sync's marker not in the ledger",
+            job.name,
+            job.source,
+            unadopted.len()
+        );
+        if unadopted.is_empty() {
+            continue;
+        }
+        let rows: Vec<[String; 5]> = unadopted
+            .iter()
+            .map(|u| {
+                [
+                    u.target.clone(),
+                    table_name(u.name.as_deref().unwrap_or_default()),
+                    u.target_id.clone(),
+                    u.marker_source_id.clone(),
+                    format!(
+                        "{}: {}",
+                        if u.adoptable { "adopt" } else { "leave" },
+                        u.verdict
+                    ),
+                ]
+            })
+            .collect();
+        print_table(
+            &["TARGET", "IMAGE", "IMAGE ID", "MARKER SOURCE ID", "VERDICT"],
+            &rows,
+        );
+        for u in unadopted.iter().filter(|u| u.adoptable) {
+            adoptable_total += 1;
+            if let Some(state) = &writer {
+                state
+                    .adopt(
+                        &job.name,
+                        &job.source,
+                        &u.marker_source_id,
+                        &u.target,
+                        &u.target_id,
+                    )
+                    .map_err(failed)?;
+            }
+        }
+    }
+    if yes {
+        println!("{adoptable_total} image(s) recorded in the ledger");
+    } else if adoptable_total > 0 {
+        println!(
+            "nothing changed: run again with --yes to record the {adoptable_total} adoptable image(s)"
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn status(config: &Config, format: Format) -> Result<ExitCode, Failure> {
@@ -335,11 +525,29 @@ fn status(config: &Config, format: Format) -> Result<ExitCode, Failure> {
     };
     let runs = state.last_runs().map_err(failed)?;
     let failing = state.failing_images().map_err(failed)?;
+    let unadopted = state.unadopted().map_err(failed)?;
+    for u in &unadopted {
+        tracing::warn!(
+            job = %u.job,
+            target = %u.target,
+            images = u.images,
+            "target '{}': {} image(s) owned by glance-sync's project carry its marker but are not \
+             in the state database's ledger (seen by job '{}' at {}): `glance-sync adopt --job {}` \
+             lists them",
+            u.target,
+            u.images,
+            u.job,
+            u.seen_at,
+            u.job
+        );
+    }
     match format {
         Format::Json => println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"runs": runs, "failing": failing}))
-                .expect("status serialises")
+            serde_json::to_string_pretty(&serde_json::json!({
+                "runs": runs, "failing": failing, "unadopted": unadopted
+            }))
+            .expect("status serialises")
         ),
         Format::Table => {
             let rows: Vec<[String; 6]> = runs
@@ -368,7 +576,7 @@ fn status(config: &Config, format: Format) -> Result<ExitCode, Failure> {
                     .map(|f| {
                         [
                             f.job.clone(),
-                            f.name.clone().unwrap_or_default(),
+                            table_name(f.name.as_deref().unwrap_or_default()),
                             f.target.clone(),
                             f.attempts.to_string(),
                             f.last_error.clone().unwrap_or_default(),
@@ -437,29 +645,5 @@ fn human_size(bytes: u64) -> String {
         format!("{bytes} B")
     } else {
         format!("{v:.1} {}", UNITS[u])
-    }
-}
-
-fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
-    let mut widths = header.map(|h| h.chars().count());
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let mut s = String::new();
-        for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
-            if i + 1 == N {
-                s.push_str(c);
-            } else {
-                s.push_str(&format!("{c:<w$}  "));
-            }
-        }
-        println!("{}", s.trim_end());
-    };
-    line(header.to_vec());
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
     }
 }

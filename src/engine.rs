@@ -89,6 +89,7 @@ impl Engine {
     ) -> Result<Engine, AuthError> {
         let mut clients = BTreeMap::new();
         for (name, cloud) in &config.clouds {
+            metrics.register_cloud(name);
             let session = CloudSession::new(cloud.clone(), &config.transfer, metrics.clone())?;
             clients.insert(name.clone(), GlanceClient::new(Arc::new(session)));
         }
@@ -145,15 +146,35 @@ impl Engine {
         }
         let mut reachable = job.clone();
         reachable.targets.retain(|t| target_images.contains_key(t));
+        // Listing authenticated every reachable cloud: their projects are known now.
+        let mut projects = BTreeMap::new();
+        for cloud in std::iter::once(&job.source).chain(&reachable.targets) {
+            if let Ok(Some(project)) = self.client(cloud).project_id().await {
+                projects.insert(cloud.clone(), project);
+            }
+        }
         let plan = plan::plan(
             &PlanInput {
                 job: &reachable,
                 source_images: &source_images,
                 target_images: &target_images,
                 ledger,
+                projects: &projects,
             },
             &mut || uuid::Uuid::new_v4().to_string(),
         );
+        for l in &plan.left_out {
+            tracing::trace!(
+                job = %job.name,
+                image = l.name.as_deref().unwrap_or(""),
+                source_id = %l.source_id,
+                "plan: '{}' ({}) left out: {}",
+                l.name.as_deref().unwrap_or(""),
+                l.source_id,
+                l.reason
+            );
+        }
+        warn_unadopted(job, &plan);
         // Every decision, in-sync ones included, for `-vv`: why an image is (not) touched.
         for a in &plan.actions {
             tracing::trace!(
@@ -206,22 +227,44 @@ impl Engine {
         cancel: &CancellationToken,
     ) -> Result<JobReport, EngineError> {
         let run_id = state.begin_run(&job.name)?;
-        let ledger = state.ledger(&job.source)?;
-        let (job_plan, source_images) = match self.plan_job(job, &ledger).await {
-            Ok(p) => p,
-            Err(e) => {
+        let ledger = state.ledger()?;
+        // Listing and planning write nothing: a signal stops them at once.
+        let planned = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => None,
+            planned = self.plan_job(job, &ledger) => Some(planned),
+        };
+        let (job_plan, source_images) = match planned {
+            Some(Ok(p)) => p,
+            Some(Err(e)) => {
                 state.finish_run(run_id, &RunSummary::failure(&e))?;
                 return Err(e);
+            }
+            None => {
+                let summary = RunSummary::interrupted();
+                state.finish_run(run_id, &summary)?;
+                return Ok(JobReport {
+                    job: job.name.clone(),
+                    run_id,
+                    results: vec![],
+                    unreachable_targets: vec![],
+                    summary,
+                });
             }
         };
         for u in &job_plan.unreachable_targets {
             tracing::error!(job = %job.name, target = %u.target, "target skipped this run: {}", u.error);
+        }
+        for (target, count) in job_plan.plan.unadopted_per_target() {
+            state.record_unadopted(&job.name, target, count)?;
+            self.metrics.set_unadopted(&job.name, target, count);
         }
         let sources: HashMap<&str, &Image> =
             source_images.iter().map(|i| (i.id.as_str(), i)).collect();
         let exec = Execution {
             engine: self,
             job,
+            run_id,
             state,
             sources: &sources,
             cancel,
@@ -279,6 +322,7 @@ impl Engine {
 struct Execution<'a> {
     engine: &'a Engine,
     job: &'a Job,
+    run_id: i64,
     state: &'a State,
     sources: &'a HashMap<&'a str, &'a Image>,
     cancel: &'a CancellationToken,
@@ -350,6 +394,7 @@ impl Execution<'_> {
             };
             self.state.record_copy_started(
                 &self.job.name,
+                self.run_id,
                 &self.job.source,
                 image,
                 &action.target,
@@ -385,6 +430,8 @@ impl Execution<'_> {
                 .expect("one outcome per target");
             let error = outcome.result.as_ref().err().map(|e| e.message.clone());
             let failure = outcome.result.as_ref().err().map(|e| e.reason);
+            self.state
+                .copy_settled(&action.target, &outcome.target_id)?;
             match &error {
                 None => {
                     self.state.record_outcome(
@@ -498,6 +545,26 @@ impl Execution<'_> {
             ActionKind::UpdateMetadata {
                 target_id, patch, ..
             } => client.patch_image(target_id, patch).await.map(drop),
+            ActionKind::Relink {
+                target_id, patch, ..
+            } => {
+                // The ledger decides what is ours: it follows first, the marker with the patch.
+                let source = self
+                    .source(&action.source_id)
+                    .expect("planned from the listing");
+                self.state.relink(
+                    &self.job.name,
+                    &self.job.source,
+                    source,
+                    &action.target,
+                    target_id,
+                )?;
+                if patch.is_empty() {
+                    Ok(())
+                } else {
+                    client.patch_image(target_id, patch).await.map(drop)
+                }
+            }
             ActionKind::Deactivate { target_id } => client.deactivate(target_id).await,
             ActionKind::Reactivate { target_id } => client.reactivate(target_id).await,
             ActionKind::DeleteFailedCopy { target_id, .. } => {
@@ -525,7 +592,9 @@ impl Execution<'_> {
                     seconds: 0.0,
                 });
             }
-            ActionKind::InSync { .. } | ActionKind::Skip { .. } => Ok(()),
+            ActionKind::InSync { .. } | ActionKind::InFlight { .. } | ActionKind::Skip { .. } => {
+                Ok(())
+            }
             ActionKind::Copy { .. } => unreachable!("copies go through the transfer pipeline"),
         };
         let error = call.err().map(|e| e.to_string());
@@ -548,8 +617,12 @@ impl Execution<'_> {
                     bytes: source.size.unwrap_or(0),
                 },
             };
-            // Deleting a failed copy says nothing about the source image's own status.
-            if !matches!(action.kind, ActionKind::DeleteFailedCopy { .. }) {
+            // Deleting a failed copy says nothing about the source image's own status, and a
+            // copy in flight is recorded by the run making it.
+            if !matches!(
+                action.kind,
+                ActionKind::DeleteFailedCopy { .. } | ActionKind::InFlight { .. }
+            ) {
                 self.state.record_outcome(
                     &self.job.name,
                     &self.job.source,
@@ -588,11 +661,34 @@ impl Execution<'_> {
     }
 }
 
+/// Images with our marker that the ledger does not know: after a lost or restored state database
+/// they are treated as anyone's, and a renamed source image would get a second copy. One warning
+/// per target, with what to do.
+fn warn_unadopted(job: &Job, plan: &Plan) {
+    for (target, count) in plan.unadopted_per_target() {
+        if count > 0 {
+            tracing::warn!(
+                job = %job.name,
+                target = %target,
+                images = count,
+                "target '{target}': {count} image(s) owned by glance-sync's project carry its \
+                 marker for source cloud '{}' but are not in the state database's ledger (was it \
+                 lost or restored?); they are left untouched as foreign images. \
+                 `glance-sync adopt --job {}` lists them, and with --yes records them",
+                job.source,
+                job.name
+            );
+        }
+    }
+}
+
 /// The `result` field of a log line: one word per kind of outcome, for log queries.
 fn result_word(kind: &ActionKind) -> &'static str {
     match kind {
         ActionKind::Copy { .. } => "copied",
         ActionKind::UpdateMetadata { .. } => "updated",
+        ActionKind::Relink { .. } => "relinked",
+        ActionKind::InFlight { .. } => "in_flight",
         ActionKind::Deactivate { .. } => "deactivated",
         ActionKind::Reactivate { .. } => "reactivated",
         ActionKind::InSync { foreign: false, .. } => "in_sync",

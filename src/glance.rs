@@ -78,6 +78,11 @@ impl GlanceClient {
         Ok(self.session.access().await?.endpoint)
     }
 
+    /// The project glance-sync works as on this cloud, when known (authenticates if needed).
+    pub async fn project_id(&self) -> Result<Option<String>, GlanceError> {
+        Ok(self.session.access().await?.project_id)
+    }
+
     /// Every image the credentials can see: hidden ones and community ones included.
     pub async fn list_images(&self) -> Result<Vec<Image>, GlanceError> {
         let mut seen = HashSet::new();
@@ -309,6 +314,8 @@ impl GlanceClient {
             .session
             .http()
             .put(&url)
+            // Without it Glance words its errors as an HTML page.
+            .header(reqwest::header::ACCEPT, "application/json")
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             // Without a length reqwest sends the stream chunked and Glance cannot check quota or
             // size up front (quirk 5).
@@ -459,15 +466,16 @@ impl GlanceClient {
             .map(|id| format!(" (request {id})"))
             .unwrap_or_default();
         let text = resp.text().await.unwrap_or_default();
+        let message = glance_message(&text);
         Err(GlanceError::Http {
             cloud: self.cloud().to_string(),
             operation: operation.to_string(),
             status: status.as_u16(),
-            message: glance_message(&text),
-            request_id,
-            what_to_do: what_to_do(status.as_u16(), self.cloud())
+            what_to_do: what_to_do(status.as_u16(), self.cloud(), &message)
                 .map(|advice| format!("; {advice}"))
                 .unwrap_or_default(),
+            message,
+            request_id,
         })
     }
 
@@ -506,8 +514,10 @@ impl GlanceClient {
     }
 }
 
-/// What an operator can do about a final HTTP error, for the statuses where we know.
-fn what_to_do(status: u16, cloud: &str) -> Option<String> {
+/// What an operator can do about a final HTTP error, for the statuses where we know. `message` is
+/// Glance's own explanation: a 413 means one of several limits.
+fn what_to_do(status: u16, cloud: &str, message: &str) -> Option<String> {
+    let lower = message.to_ascii_lowercase();
     Some(match status {
         401 => format!(
             "the token was refused: check the credentials of cloud '{cloud}' ([clouds.{cloud}] \
@@ -525,6 +535,15 @@ fn what_to_do(status: u16, cloud: &str) -> Option<String> {
         409 => {
             "the image changed state meanwhile (another client?); the next run plans again".into()
         }
+        413 if lower.contains("image properties") => format!(
+            "the image has more properties than cloud '{cloud}' allows (image_property_quota, \
+             128 by default): raise it in the cloud's glance-api.conf, or leave the image out \
+             with the job's filter"
+        ),
+        413 if lower.contains("tags") => format!(
+            "the image has more tags than cloud '{cloud}' allows (image_tag_quota, 128 by \
+             default): raise it, or leave the image out with the job's filter"
+        ),
         413 => format!(
             "cloud '{cloud}' refuses the size (image quota, storage quota or image_size_cap): \
              raise the project's quota, or leave the image out with the job's filter"
@@ -592,15 +611,50 @@ fn token_header(access: &Access) -> Option<reqwest::header::HeaderValue> {
     Some(v)
 }
 
-/// WebOb's error body: JSON `{"message": ...}` with HTML breaks, or plain text (quirk 22).
+/// WebOb's error body: JSON `{"message": ...}` with HTML breaks, plain text (quirk 22), or an
+/// HTML page (Glance without `Accept: application/json`, or a proxy in front of it), reduced to
+/// its text on one line.
 fn glance_message(body: &str) -> String {
     let raw = serde_json::from_str::<Value>(body)
         .ok()
         .and_then(|v| v["message"].as_str().map(str::to_string))
         .unwrap_or_else(|| body.to_string());
-    let cleaned = raw.replace("<br />", " ");
-    let cleaned = cleaned.split_whitespace().collect::<Vec<_>>().join(" ");
+    let cleaned = html_text(&raw)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     cleaned.chars().take(300).collect()
+}
+
+/// The text of an HTML fragment: tags dropped (a page's `<title>` with them, as the heading
+/// repeats it), the common entities decoded. Text without tags comes back unchanged.
+fn html_text(html: &str) -> String {
+    let mut out = String::with_capacity(html.len());
+    let mut rest = html;
+    while let Some(open) = rest.find('<') {
+        out.push_str(&rest[..open]);
+        let Some(close) = rest[open..].find('>') else {
+            out.push_str(&rest[open..]);
+            rest = "";
+            break;
+        };
+        let tag = rest[open + 1..open + close].to_ascii_lowercase();
+        rest = &rest[open + close + 1..];
+        if tag == "title" {
+            rest = rest
+                .find("</title>")
+                .or_else(|| rest.find("</TITLE>"))
+                .map_or("", |end| &rest[end + "</title>".len()..]);
+        }
+        out.push(' ');
+    }
+    out.push_str(rest);
+    out.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#x27;", "'")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&")
 }
 
 #[cfg(test)]
@@ -617,6 +671,28 @@ mod tests {
     }
 
     #[test]
+    fn an_html_error_page_becomes_its_text() {
+        // Real Glance 33 answers a download of a missing image like this without an Accept header.
+        let body = "<html>\n <head>\n  <title>404 Not Found</title>\n </head>\n <body>\n  \
+                    <h1>404 Not Found</h1>\n  No image found with ID x &amp; y<br /><br />\n\n\n\n \
+                    </body>\n</html>";
+        assert_eq!(
+            glance_message(body),
+            "404 Not Found No image found with ID x & y"
+        );
+        assert_eq!(glance_message("plain text, 5 < 6"), "plain text, 5 < 6");
+    }
+
+    #[test]
+    fn a_refused_property_count_names_the_property_limit() {
+        let message = "The limit has been exceeded on the number of allowed image properties. \
+                       Attempted: 129, Maximum: 128";
+        let advice = what_to_do(413, "dr", message).unwrap();
+        assert!(advice.contains("image_property_quota"), "{advice}");
+        assert!(!advice.contains("size"), "{advice}");
+    }
+
+    #[test]
     fn errors_an_operator_can_act_on_say_what_to_do_on_which_cloud() {
         let e = GlanceError::Http {
             cloud: "dr".into(),
@@ -624,7 +700,7 @@ mod tests {
             status: 403,
             message: "Forbidden".into(),
             request_id: " (request req-1)".into(),
-            what_to_do: format!("; {}", what_to_do(403, "dr").unwrap()),
+            what_to_do: format!("; {}", what_to_do(403, "dr", "Forbidden").unwrap()),
         };
         assert_eq!(
             e.to_string(),
@@ -633,9 +709,9 @@ mod tests {
              default making an image public needs the admin role)"
         );
         for status in [401, 403, 404, 409, 413, 415, 500, 503] {
-            assert!(what_to_do(status, "dr").is_some(), "{status}");
+            assert!(what_to_do(status, "dr", "").is_some(), "{status}");
         }
         // A 400's message is the advice: Glance says what it found invalid.
-        assert_eq!(what_to_do(400, "dr"), None);
+        assert_eq!(what_to_do(400, "dr", ""), None);
     }
 }

@@ -193,6 +193,10 @@ pub fn is_excluded_key(key: &str) -> bool {
         || key.starts_with("cinder_encryption_key_")
 }
 
+/// Glance's default `image_property_quota`: custom properties per image, `os_glance_*` not
+/// counted. Our marker's two properties are left out of a copy that would exceed it.
+pub const PROPERTY_QUOTA: usize = 128;
+
 /// Properties whose value is the id of another image in the same cloud.
 pub const IMAGE_REFERENCE_KEYS: &[&str] = &["kernel_id", "ramdisk_id"];
 
@@ -231,6 +235,10 @@ pub fn current_metadata(image: &Image) -> Metadata {
 /// provenance marker, and image references remapped to the target's ids. `copy_id_of` maps a
 /// source image id to the id of its copy on this target; a reference without a copy is dropped,
 /// because a source id means nothing (or something else) on another cloud.
+///
+/// The marker only informs (the ledger decides what is ours), so it is left out when the copy
+/// would otherwise carry more properties than Glance allows by default: an image with 127
+/// properties is still copied.
 pub fn desired_metadata(
     source: &Image,
     source_cloud: &str,
@@ -244,10 +252,20 @@ pub fn desired_metadata(
             meta.properties.insert((*key).to_string(), target_ref);
         }
     }
-    meta.properties
-        .insert(MARKER_SOURCE_CLOUD.into(), source_cloud.into());
-    meta.properties
-        .insert(MARKER_SOURCE_ID.into(), source.id.clone());
+    let own = meta
+        .properties
+        .keys()
+        .filter(|k| *k != MARKER_SOURCE_CLOUD && *k != MARKER_SOURCE_ID)
+        .count();
+    if own + 2 <= PROPERTY_QUOTA {
+        meta.properties
+            .insert(MARKER_SOURCE_CLOUD.into(), source_cloud.into());
+        meta.properties
+            .insert(MARKER_SOURCE_ID.into(), source.id.clone());
+    } else {
+        meta.properties.remove(MARKER_SOURCE_CLOUD);
+        meta.properties.remove(MARKER_SOURCE_ID);
+    }
     meta
 }
 
@@ -341,11 +359,16 @@ pub fn metadata_patch(current: &Metadata, desired: &Metadata) -> Vec<PatchOp> {
     ops
 }
 
-/// Human-readable names of what a patch changes, for plans and logs.
+/// Human-readable names of what a patch changes, for plans and logs: the keys as written, not as
+/// JSON pointers (`a/b`, not `a~1b`).
 pub fn describe_patch(ops: &[PatchOp]) -> String {
     ops.iter()
         .map(|op| {
-            let key = op.path.trim_start_matches('/');
+            let key = op
+                .path
+                .trim_start_matches('/')
+                .replace("~1", "/")
+                .replace("~0", "~");
             match op.op {
                 "remove" => format!("-{key}"),
                 _ => key.to_string(),
@@ -506,5 +529,31 @@ pub(crate) mod tests {
             ])
         );
         assert!(metadata_patch(&want, &want).is_empty());
+        assert_eq!(
+            describe_patch(&ops),
+            "tags, new/key~x, -old, protected",
+            "keys as written, not JSON-pointer escaped"
+        );
+    }
+
+    #[test]
+    fn a_copy_that_would_exceed_the_property_quota_goes_without_the_marker() {
+        let mut src = image("src", "many", "m");
+        for i in 0..PROPERTY_QUOTA - 2 {
+            src.extra.insert(format!("p{i:03}"), Value::from("v"));
+        }
+        let meta = desired_metadata(&src, "prod", |_| None);
+        assert_eq!(
+            meta.properties.len(),
+            PROPERTY_QUOTA,
+            "126 + the marker fit"
+        );
+        assert_eq!(meta.properties[MARKER_SOURCE_ID], "src");
+
+        src.extra.insert("p126".into(), Value::from("v"));
+        let meta = desired_metadata(&src, "prod", |_| None);
+        assert_eq!(meta.properties.len(), PROPERTY_QUOTA - 1);
+        assert!(!meta.properties.contains_key(MARKER_SOURCE_ID));
+        assert!(!meta.properties.contains_key(MARKER_SOURCE_CLOUD));
     }
 }

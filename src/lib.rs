@@ -16,5 +16,6 @@ pub mod plan;
 pub mod progress;
 pub mod schedule;
 pub mod state;
+pub mod terminal;
 pub mod transfer;
 pub mod verify;

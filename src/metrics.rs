@@ -17,6 +17,21 @@ use crate::engine::JobReport;
 use crate::plan::ActionKind;
 use crate::transfer::FailureReason;
 
+/// The `operation` label values of `glance_sync_api_requests_total`.
+pub const API_OPERATIONS: &[&str] = &[
+    "authenticate",
+    "list",
+    "show",
+    "download",
+    "upload",
+    "create",
+    "update",
+    "delete",
+    "deactivate",
+    "reactivate",
+    "other",
+];
+
 /// Replica states shown by `glance_sync_images`.
 pub const IMAGE_STATES: &[&str] = &["in_sync", "pending", "failed", "skipped"];
 
@@ -32,6 +47,7 @@ pub struct Metrics {
     transfer_failures: IntCounterVec,
     verification_failures: IntCounterVec,
     runs_skipped: IntCounterVec,
+    unadopted: IntGaugeVec,
     job_interval: GaugeVec,
     api_requests: IntCounterVec,
     api_duration: HistogramVec,
@@ -89,7 +105,20 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(images.clone())).expect("unique metric");
+        let unadopted = IntGaugeVec::new(
+            Opts::new(
+                "glance_sync_unadopted_images",
+                "Images owned by glance-sync's project on the target that carry its provenance \
+                 marker for the job's source cloud but are not in the state database's ledger \
+                 (lost or restored state database; see glance-sync adopt)",
+            ),
+            &["job", "target"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(unadopted.clone()))
+            .expect("unique metric");
         Arc::new(Metrics {
+            unadopted,
             runs: counter(
                 &r,
                 "glance_sync_runs_total",
@@ -186,7 +215,19 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    /// Declares a job's series at zero, so dashboards and `rate()` see them before the first event.
+    /// Declares a cloud's API request counters at zero, so that `increase(...) > 0` fires on the
+    /// first error ever.
+    pub fn register_cloud(&self, cloud: &str) {
+        for operation in API_OPERATIONS {
+            for class in ["2xx", "3xx", "4xx", "5xx", "error"] {
+                self.api_requests
+                    .with_label_values(&[cloud, operation, class]);
+            }
+        }
+    }
+
+    /// Declares a job's series at zero, so dashboards and `increase()` see them before the first
+    /// event: every label value of a job's counters is known in advance.
     pub fn register_job(&self, job: &Job) {
         let targets = &job.targets;
         if let Some(schedule) = &job.schedule {
@@ -203,7 +244,19 @@ impl Metrics {
             self.images_copied.with_label_values(&[job, t]);
             self.bytes_copied.with_label_values(&[job, t]);
             self.verification_failures.with_label_values(&[job, t]);
+            self.unadopted.with_label_values(&[job, t]);
+            for reason in FailureReason::ALL {
+                self.transfer_failures
+                    .with_label_values(&[job, t, reason.as_str()]);
+            }
         }
+    }
+
+    /// Images with our marker on `target` that the ledger does not know, as `job`'s run saw them.
+    pub fn set_unadopted(&self, job: &str, target: &str, images: u64) {
+        self.unadopted
+            .with_label_values(&[job, target])
+            .set(images as i64);
     }
 
     pub fn record_skipped_run(&self, job: &str) {

@@ -1,8 +1,12 @@
-//! The planner: a pure function from (source images, target images, what we own, the job) to the
+//! The planner: a pure function from (source images, target images, the ledger, the job) to the
 //! list of actions that make every target hold every selected source image.
 //!
 //! No I/O, no clock, no randomness: ids for new copies come from the caller, so a plan can be
 //! tested (and shown by `glance-sync plan`) without touching any cloud.
+//!
+//! Ownership is the ledger's alone. A job cleans up, patches, re-links, prunes or replaces only
+//! the images the ledger records for that job and its source cloud, and never one that a run is
+//! still copying. Provenance markers on images are informational: anyone may set a property.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -15,34 +19,50 @@ use crate::image::{
     provably_different_content, same_content, same_identity,
 };
 
-/// What the state database knows, as far as planning needs it.
+/// What the state database knows about the images glance-sync created, as planning needs it.
 #[derive(Debug, Default, Clone)]
 pub struct Ledger {
-    /// (target cloud, source image id) → id of our current copy on that target.
-    copies: HashMap<(String, String), String>,
-    /// (target cloud, image id) of every image glance-sync created and has not deleted.
-    owned: HashSet<(String, String)>,
+    /// (target cloud, image id) of every image glance-sync created (or adopted) and has not
+    /// deleted.
+    owned: HashMap<(String, String), OwnedImage>,
+}
+
+/// One image glance-sync created on a target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnedImage {
+    /// The job it belongs to. `None` for images recorded before jobs were: they belong to
+    /// every job copying from their source cloud.
+    pub job: Option<String>,
+    pub source_cloud: String,
+    /// The source image it is a copy of.
+    pub source_id: String,
+    /// Set while a run is copying it: no one else may touch it.
+    pub in_flight: Option<InFlight>,
+}
+
+/// A copy a run is making right now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InFlight {
+    pub job: String,
+    pub run_id: i64,
+}
+
+impl OwnedImage {
+    /// Whether `job` may clean it up, patch, re-link, prune or replace it.
+    pub fn belongs_to(&self, job: &Job) -> bool {
+        self.source_cloud == job.source && self.job.as_deref().is_none_or(|j| j == job.name)
+    }
 }
 
 impl Ledger {
-    pub fn record_copy(&mut self, target: &str, source_id: &str, target_id: &str) {
-        self.copies
-            .insert((target.into(), source_id.into()), target_id.into());
-    }
-
-    pub fn record_owned(&mut self, target: &str, target_id: &str) {
-        self.owned.insert((target.into(), target_id.into()));
-    }
-
-    pub fn copy_of(&self, target: &str, source_id: &str) -> Option<&str> {
-        self.copies
-            .get(&(target.to_string(), source_id.to_string()))
-            .map(String::as_str)
-    }
-
-    pub fn owns(&self, target: &str, target_id: &str) -> bool {
+    pub fn record(&mut self, target: &str, target_id: &str, owned: OwnedImage) {
         self.owned
-            .contains(&(target.to_string(), target_id.to_string()))
+            .insert((target.to_string(), target_id.to_string()), owned);
+    }
+
+    /// What the ledger says about image `target_id` on `target`, if glance-sync created it.
+    pub fn owned(&self, target: &str, target_id: &str) -> Option<&OwnedImage> {
+        self.owned.get(&(target.to_string(), target_id.to_string()))
     }
 }
 
@@ -53,15 +73,96 @@ pub struct PlanInput<'a> {
     /// Per target cloud, every image listed there.
     pub target_images: &'a BTreeMap<String, Vec<Image>>,
     pub ledger: &'a Ledger,
+    /// The project glance-sync works as, per cloud name; a cloud missing here has no known
+    /// project (no Keystone and no `project_id`), and every image listed there counts as its own.
+    pub projects: &'a BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
     pub job: String,
     pub source: String,
+    /// The targets planned for (the job's targets that could be listed).
+    pub targets: Vec<String>,
     pub actions: Vec<Action>,
     /// Source images the job's filter did not select (not listed in `actions`).
     pub not_selected: usize,
+    /// Private and shared source images of other projects, left out because the job's
+    /// `filter.owners` does not name their project (not listed in `actions`).
+    pub left_out: Vec<LeftOut>,
+    /// Images on the targets owned by glance-sync's project that carry its provenance marker for
+    /// this job's source cloud but are not in the ledger: a lost or restored state database.
+    /// They are treated as anyone else's image until `glance-sync adopt` records them.
+    pub unadopted: Vec<Unadopted>,
+}
+
+impl Plan {
+    /// How many unadopted images each planned target holds (0 included, to clear old counts).
+    pub fn unadopted_per_target(&self) -> BTreeMap<&str, u64> {
+        let mut counts: BTreeMap<&str, u64> =
+            self.targets.iter().map(|t| (t.as_str(), 0)).collect();
+        for u in &self.unadopted {
+            *counts.entry(&u.target).or_default() += 1;
+        }
+        counts
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LeftOut {
+    pub source_id: String,
+    pub name: Option<String>,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Unadopted {
+    pub target: String,
+    pub target_id: String,
+    pub name: Option<String>,
+    /// The source image id its marker names.
+    pub marker_source_id: String,
+    /// Whether `glance-sync adopt --yes` records it as this job's copy.
+    pub adoptable: bool,
+    /// What it is, and what adopting it means.
+    pub verdict: String,
+}
+
+/// Whether an image with our marker naming `source` may be adopted as its copy, and why. Only on
+/// evidence: its data is the source image's, the source image is gone (then the job's prune
+/// policy applies), or its upload never finished (then the next run deletes it).
+fn adoption(image: &Image, marker_source_id: &str, source: Option<&Image>) -> (bool, String) {
+    if !image.is_established() {
+        return (
+            true,
+            format!(
+                "unfinished copy (status {}): once adopted, the next run deletes it",
+                image.status
+            ),
+        );
+    }
+    let Some(source) = source else {
+        return (
+            true,
+            format!(
+                "copy of source image {marker_source_id}, which is gone: once adopted, the job's \
+                 prune policy applies to it"
+            ),
+        );
+    };
+    if same_content(source, image) {
+        (true, format!("copy of source image {marker_source_id}"))
+    } else if provably_different_content(source, image) {
+        (
+            false,
+            format!("its data differs from source image {marker_source_id}'s"),
+        )
+    } else {
+        (
+            false,
+            format!("no digest in common with source image {marker_source_id} to compare"),
+        )
+    }
 }
 
 /// One thing to do (or not) for one source image on one target.
@@ -93,6 +194,16 @@ pub enum ActionKind {
         #[serde(skip)]
         patch: Vec<PatchOp>,
     },
+    /// Our copy, made for a source image that is gone (or no longer replicated), holds the same
+    /// name and data as this one: the ledger links it to this source image, then its metadata is
+    /// patched like any drift (the marker included).
+    Relink {
+        target_id: String,
+        previous_source_id: String,
+        changes: String,
+        #[serde(skip)]
+        patch: Vec<PatchOp>,
+    },
     Deactivate {
         target_id: String,
     },
@@ -101,9 +212,16 @@ pub enum ActionKind {
     },
     InSync {
         target_id: String,
-        /// The image holding this identity on the target was not created by glance-sync for this
-        /// source image; it is never modified.
+        /// The image holding this identity on the target is not this job's copy; it is never
+        /// modified.
         foreign: bool,
+    },
+    /// A run (of this job or another, in this process or another) is copying this image right
+    /// now: nothing is done to it.
+    InFlight {
+        target_id: String,
+        job: String,
+        run_id: i64,
     },
     /// One of our images that can never become a good copy, deleted before copying: its upload
     /// never finished (queued or saving), or its data differs from its source image's (it failed
@@ -123,7 +241,7 @@ pub enum ActionKind {
         /// A protected copy, pruned because the job allows it: unprotected first.
         unprotect: bool,
     },
-    /// A deletion the job's `max_deletes` guard refused; counts as a failure of the run.
+    /// A prune the job's `max_deletes` guard refused; counts as a failure of the run.
     PruneRefused {
         target_id: String,
         reason: String,
@@ -142,12 +260,29 @@ impl Action {
                 }
             }
             ActionKind::UpdateMetadata { changes, .. } => format!("update metadata: {changes}"),
+            ActionKind::Relink {
+                previous_source_id,
+                changes,
+                ..
+            } => format!(
+                "take over our copy of source image {previous_source_id} (gone or no longer \
+                 replicated; same name and data){}",
+                if changes.is_empty() {
+                    String::new()
+                } else {
+                    format!(", update metadata: {changes}")
+                }
+            ),
             ActionKind::Deactivate { .. } => "deactivate (source is deactivated)".into(),
-            ActionKind::Reactivate { .. } => "reactivate (source is active again)".into(),
+            ActionKind::Reactivate { .. } => {
+                "reactivate (our copy is deactivated, the source image is active)".into()
+            }
             ActionKind::InSync { foreign: false, .. } => "in sync".into(),
             ActionKind::InSync { foreign: true, .. } => {
-                "in sync (foreign image: not created by glance-sync for this image, left untouched)"
-                    .into()
+                "in sync (foreign image: not created by this job, left untouched)".into()
+            }
+            ActionKind::InFlight { job, run_id, .. } => {
+                format!("in flight: being copied by run {run_id} of job '{job}', left untouched")
             }
             ActionKind::DeleteFailedCopy { why, .. } => format!("delete our {why}"),
             ActionKind::Skip { reason } => format!("skipped: {reason}"),
@@ -162,7 +297,7 @@ impl Action {
                     ""
                 }
             ),
-            ActionKind::PruneRefused { reason, .. } => format!("prune refused: {reason}"),
+            ActionKind::PruneRefused { .. } => "prune refused".into(),
         }
     }
 
@@ -170,9 +305,11 @@ impl Action {
         match &self.kind {
             ActionKind::Copy { target_id, .. }
             | ActionKind::UpdateMetadata { target_id, .. }
+            | ActionKind::Relink { target_id, .. }
             | ActionKind::Deactivate { target_id }
             | ActionKind::Reactivate { target_id }
             | ActionKind::InSync { target_id, .. }
+            | ActionKind::InFlight { target_id, .. }
             | ActionKind::DeleteFailedCopy { target_id, .. }
             | ActionKind::Prune { target_id, .. }
             | ActionKind::PruneRefused { target_id, .. } => Some(target_id),
@@ -184,7 +321,10 @@ impl Action {
     pub fn writes(&self) -> bool {
         !matches!(
             self.kind,
-            ActionKind::InSync { .. } | ActionKind::Skip { .. }
+            ActionKind::InSync { .. }
+                | ActionKind::InFlight { .. }
+                | ActionKind::Skip { .. }
+                | ActionKind::PruneRefused { .. }
         )
     }
 }
@@ -216,24 +356,77 @@ fn ineligibility(image: &Image) -> Option<String> {
     None
 }
 
+/// Why a source image is left out for belonging to another project, or `None` if the job may
+/// copy it. Public and community images are anyone's to copy; private and shared ones only the
+/// owning project's, unless `filter.owners` names their project. With no known project (`none`
+/// auth without `project_id`) every image counts as the cloud's own.
+fn other_project(image: &Image, job: &Job, own_project: Option<&str>) -> Option<String> {
+    if matches!(image.visibility.as_str(), "public" | "community") {
+        return None;
+    }
+    let own = own_project?;
+    let owner = image.owner.as_deref();
+    if owner == Some(own) || job.filter.allows_owner(owner) {
+        return None;
+    }
+    Some(format!(
+        "{} image of project {}, not of {own} (the project glance-sync works as on '{}'): \
+         add its project to [jobs.filter] owners to copy it",
+        image.visibility,
+        owner.unwrap_or("(none)"),
+        job.source
+    ))
+}
+
+/// Whether someone else's image with the same name and data may stand in for our copy: only when
+/// everyone who could see the copy can see it. It does when glance-sync's own project owns it, or
+/// when it is public, or community while the copy would be community or narrower. Otherwise any
+/// tenant could block replication by uploading a private image with the same bytes.
+fn stands_in(image: &Image, copy_visibility: &str, target_project: Option<&str>) -> bool {
+    match target_project {
+        None => return true, // no known project: every image counts as the cloud's own
+        Some(p) if image.owner.as_deref() == Some(p) => return true,
+        Some(_) => {}
+    }
+    match image.visibility.as_str() {
+        "public" => true,
+        "community" => copy_visibility != "public",
+        _ => false,
+    }
+}
+
 /// What the planner decided about one (source, target) pair before building actions.
 enum Decision<'a> {
     /// Our copy exists.
     Ours(&'a Image),
+    /// Our copy made for another source image (gone, or no longer replicated) takes this one.
+    Relink(&'a Image, &'a str),
     /// Someone else's image already holds the identity.
     Foreign(&'a Image),
+    InFlight(&'a Image, &'a InFlight),
     Copy(String),
     Skip(String),
 }
 
 pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
     let job = input.job;
-    let mut sources: Vec<&Image> = input
-        .source_images
-        .iter()
-        .filter(|i| job.filter.selects(i))
-        .collect();
-    let not_selected = input.source_images.len() - sources.len();
+    let own_project = input.projects.get(&job.source).map(String::as_str);
+    let mut left_out = Vec::new();
+    let mut sources: Vec<&Image> = Vec::new();
+    let mut not_selected = 0;
+    for image in input.source_images {
+        if !job.filter.selects(image) {
+            not_selected += 1;
+        } else if let Some(reason) = other_project(image, job, own_project) {
+            left_out.push(LeftOut {
+                source_id: image.id.clone(),
+                name: image.name.clone(),
+                reason,
+            });
+        } else {
+            sources.push(image);
+        }
+    }
     // Active before deactivated, then oldest first: among duplicates, the original that can still
     // be read is the one replicated.
     sources.sort_by(|a, b| {
@@ -259,19 +452,59 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
             same_name.push(s);
         }
     }
+    // The source images that get copies of their own; a copy made for any other source image
+    // (gone, filtered out, a duplicate) may be taken over by one of these with the same identity.
+    let originals: HashMap<&str, &Image> = sources
+        .iter()
+        .filter(|s| !source_skip.contains_key(s.id.as_str()))
+        .map(|s| (s.id.as_str(), *s))
+        .collect();
+    let listed: HashMap<&str, &Image> = input
+        .source_images
+        .iter()
+        .map(|i| (i.id.as_str(), i))
+        .collect();
 
-    let source_by_id: HashMap<&str, &Image> = sources.iter().map(|s| (s.id.as_str(), *s)).collect();
     let empty = Vec::new();
     let mut decisions: HashMap<(&str, &str), Decision> = HashMap::new();
     let mut actions = Vec::new();
+    let mut unadopted = Vec::new();
+    let mut taken_over: HashSet<(&str, &str)> = HashSet::new();
     for target in &job.targets {
         let images = input.target_images.get(target).unwrap_or(&empty);
-        let by_id: HashMap<&str, &Image> = images.iter().map(|i| (i.id.as_str(), i)).collect();
-        let mut by_name: HashMap<Option<&str>, Vec<&Image>> = HashMap::new();
-        for i in images.iter().filter(|i| i.is_established()) {
-            by_name.entry(i.name.as_deref()).or_default().push(i);
+        let target_project = input.projects.get(target).map(String::as_str);
+        let owned = |i: &Image| input.ledger.owned(target, &i.id);
+        // This job's images on the target, as the ledger records them, and the copies in
+        // flight of any job (another job may be copying the same source image right now).
+        let mut ours: Vec<(&Image, &OwnedImage)> = Vec::new();
+        let mut in_flight: HashMap<(&str, &str), (&Image, &InFlight)> = HashMap::new();
+        for img in images {
+            let Some(o) = owned(img) else {
+                // Markers alone grant nothing, but our project's images with our marker and no
+                // ledger entry mean the state database was lost or restored: say so.
+                if target_project.is_none_or(|p| img.owner.as_deref() == Some(p))
+                    && let Some((cloud, source_id)) = img.marker()
+                    && cloud == job.source
+                {
+                    let (adoptable, verdict) =
+                        adoption(img, source_id, listed.get(source_id).copied());
+                    unadopted.push(Unadopted {
+                        target: target.clone(),
+                        target_id: img.id.clone(),
+                        name: img.name.clone(),
+                        marker_source_id: source_id.to_string(),
+                        adoptable,
+                        verdict,
+                    });
+                }
+                continue;
+            };
+            if let Some(f) = &o.in_flight {
+                in_flight.insert((&o.source_cloud, &o.source_id), (img, f));
+            } else if o.belongs_to(job) {
+                ours.push((img, o));
+            }
         }
-        let owns = |i: &Image| input.ledger.owns(target, &i.id);
 
         // Our images that can never become good copies are deleted before anything is copied:
         // unfinished uploads, and copies whose data differs from their source image's. Image
@@ -279,27 +512,25 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
         // check after upload and its deletion failed then. It is deleted even if the source is
         // now deactivated (and so not copied again); a copy whose source image is gone is left
         // to pruning.
-        for img in images.iter().filter(|i| owns(i)) {
-            let source = img
-                .marker()
-                .filter(|(cloud, _)| *cloud == job.source)
-                .and_then(|(_, id)| source_by_id.get(id));
+        let mut usable: Vec<(&Image, &OwnedImage)> = Vec::new();
+        for (img, o) in ours {
             let why = if !img.is_established() {
                 format!("unfinished copy (status {})", img.status)
-            } else if let Some(source) = source.filter(|s| provably_different_content(s, img)) {
+            } else if let Some(source) = originals
+                .get(o.source_id.as_str())
+                .filter(|s| provably_different_content(s, img))
+            {
                 format!(
                     "copy whose data differs from the source image's (checksum {}, source {})",
                     img.checksum.as_deref().unwrap_or("none"),
                     source.checksum.as_deref().unwrap_or("none")
                 )
             } else {
+                usable.push((img, o));
                 continue;
             };
             actions.push(Action {
-                source_id: img
-                    .marker()
-                    .map(|(_, id)| id.to_string())
-                    .unwrap_or_default(),
+                source_id: o.source_id.clone(),
                 name: img.name.clone(),
                 size: None,
                 target: target.clone(),
@@ -309,36 +540,69 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
                 },
             });
         }
+        let mut ours_by_source: HashMap<&str, Vec<&Image>> = HashMap::new();
+        // By name: our copies whose source image has no copy of its own any more.
+        let mut orphans_by_name: HashMap<Option<&str>, Vec<&Image>> = HashMap::new();
+        for (img, o) in &usable {
+            ours_by_source.entry(&o.source_id).or_default().push(img);
+            if !originals.contains_key(o.source_id.as_str()) {
+                orphans_by_name
+                    .entry(img.name.as_deref())
+                    .or_default()
+                    .push(img);
+            }
+        }
+        let ours_ids: HashSet<&str> = usable.iter().map(|(i, _)| i.id.as_str()).collect();
+        let mut others_by_name: HashMap<Option<&str>, Vec<&Image>> = HashMap::new();
+        for i in images
+            .iter()
+            .filter(|i| i.is_established() && !ours_ids.contains(i.id.as_str()))
+        {
+            others_by_name.entry(i.name.as_deref()).or_default().push(i);
+        }
 
         for s in &sources {
             if let Some(reason) = source_skip.get(s.id.as_str()) {
                 decisions.insert((target, &s.id), Decision::Skip(reason.clone()));
                 continue;
             }
-            let mapped = input
-                .ledger
-                .copy_of(target, &s.id)
-                .and_then(|id| by_id.get(id).copied())
-                .filter(|c| owns(c) && c.is_established() && same_content(s, c));
-            let candidates: Vec<&Image> = by_name
-                .get(&s.name.as_deref())
+            let mine = ours_by_source
+                .get(s.id.as_str())
                 .into_iter()
                 .flatten()
                 .copied()
-                .filter(|c| same_identity(s, c))
-                .collect();
-            let ours_by_marker = || {
-                candidates
-                    .iter()
+                .find(|c| same_content(s, c));
+            let orphan = || {
+                orphans_by_name
+                    .get(&s.name.as_deref())
+                    .into_iter()
+                    .flatten()
                     .copied()
-                    .find(|c| owns(c) && c.marker() == Some((job.source.as_str(), s.id.as_str())))
+                    .find(|c| {
+                        same_identity(s, c) && !taken_over.contains(&(target.as_str(), &c.id))
+                    })
             };
-            // Any other image holding the identity, even one we made for another source image
-            // or another job's source, is left untouched: patching it for this source image
-            // would start a tug-of-war.
-            let decision = if let Some(c) = mapped.or_else(ours_by_marker) {
+            let foreign = || {
+                others_by_name
+                    .get(&s.name.as_deref())
+                    .into_iter()
+                    .flatten()
+                    .copied()
+                    .find(|c| same_identity(s, c) && stands_in(c, &s.visibility, target_project))
+            };
+            let decision = if let Some(c) = mine {
                 Decision::Ours(c)
-            } else if let Some(c) = candidates.first() {
+            } else if let Some((c, f)) = in_flight.get(&(job.source.as_str(), s.id.as_str())) {
+                Decision::InFlight(c, f)
+            } else if let Some(c) = orphan() {
+                taken_over.insert((target, &c.id));
+                let previous = usable
+                    .iter()
+                    .find(|(i, _)| i.id == c.id)
+                    .map(|(_, o)| o.source_id.as_str())
+                    .expect("orphans are among our usable copies");
+                Decision::Relink(c, previous)
+            } else if let Some(c) = foreign() {
                 Decision::Foreign(c)
             } else if s.is_deactivated() {
                 Decision::Skip("deactivated on the source and never copied".into())
@@ -354,7 +618,10 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
             let copy_id_of = |source_ref: &str| -> Option<String> {
                 let source_ref = duplicate_of.get(source_ref).copied().unwrap_or(source_ref);
                 match decisions.get(&(target.as_str(), source_ref))? {
-                    Decision::Ours(c) | Decision::Foreign(c) => Some(c.id.clone()),
+                    Decision::Ours(c)
+                    | Decision::Relink(c, _)
+                    | Decision::Foreign(c)
+                    | Decision::InFlight(c, _) => Some(c.id.clone()),
                     Decision::Copy(id) => Some(id.clone()),
                     Decision::Skip(_) => None,
                 }
@@ -366,13 +633,19 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
                 target: target.clone(),
                 kind,
             };
-            match &decisions[&(target.as_str(), s.id.as_str())] {
+            let decision = &decisions[&(target.as_str(), s.id.as_str())];
+            match decision {
                 Decision::Skip(reason) => actions.push(action(ActionKind::Skip {
                     reason: reason.clone(),
                 })),
                 Decision::Foreign(c) => actions.push(action(ActionKind::InSync {
                     target_id: c.id.clone(),
                     foreign: true,
+                })),
+                Decision::InFlight(c, f) => actions.push(action(ActionKind::InFlight {
+                    target_id: c.id.clone(),
+                    job: f.job.clone(),
+                    run_id: f.run_id,
                 })),
                 Decision::Copy(id) => {
                     let meta = desired_metadata(s, &job.source, copy_id_of);
@@ -382,11 +655,18 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
                         create_body: create_body(id, s, &meta),
                     }));
                 }
-                Decision::Ours(c) => {
+                Decision::Ours(c) | Decision::Relink(c, _) => {
                     let desired = desired_metadata(s, &job.source, copy_id_of);
                     let patch = metadata_patch(&current_metadata(c), &desired);
                     let before = actions.len();
-                    if !patch.is_empty() {
+                    if let Decision::Relink(_, previous) = decision {
+                        actions.push(action(ActionKind::Relink {
+                            target_id: c.id.clone(),
+                            previous_source_id: previous.to_string(),
+                            changes: image::describe_patch(&patch),
+                            patch,
+                        }));
+                    } else if !patch.is_empty() {
                         actions.push(action(ActionKind::UpdateMetadata {
                             target_id: c.id.clone(),
                             changes: image::describe_patch(&patch),
@@ -413,37 +693,46 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
         }
     }
 
-    actions.extend(prune(input));
+    actions.extend(prune(input, &listed, &taken_over));
 
     Plan {
         job: job.name.clone(),
         source: job.source.clone(),
+        targets: job.targets.clone(),
         actions,
         not_selected,
+        left_out,
+        unadopted,
     }
 }
 
-/// Our established copies, made from this job's source cloud, whose source image is not in the
-/// source listing any more (selected or not: a filter change is no reason to remove a copy).
-fn prune(input: &PlanInput) -> Vec<Action> {
+/// This job's established copies whose source image is not in the source listing any more
+/// (selected or not: a filter change is no reason to remove a copy), as the ledger says, not the
+/// marker: anyone may edit a property. Copies taken over by another source image in this plan,
+/// and copies in flight, are not pruned.
+fn prune(
+    input: &PlanInput,
+    existing: &HashMap<&str, &Image>,
+    taken_over: &HashSet<(&str, &str)>,
+) -> Vec<Action> {
     let job = input.job;
     let policy = &job.prune;
     if policy.mode == PruneMode::Off {
         return vec![];
     }
-    let existing: HashSet<&str> = input.source_images.iter().map(|i| i.id.as_str()).collect();
     let mut actions = Vec::new();
     for target in &job.targets {
         let Some(images) = input.target_images.get(target) else {
             continue;
         };
         for img in images {
-            let Some((cloud, source_id)) = img.marker() else {
+            let Some(owned) = input.ledger.owned(target, &img.id) else {
                 continue;
             };
-            if cloud != job.source
-                || existing.contains(source_id)
-                || !input.ledger.owns(target, &img.id)
+            if !owned.belongs_to(job)
+                || owned.in_flight.is_some()
+                || existing.contains_key(owned.source_id.as_str())
+                || taken_over.contains(&(target.as_str(), img.id.as_str()))
                 || !img.is_established()
             {
                 continue;
@@ -456,7 +745,7 @@ fn prune(input: &PlanInput) -> Vec<Action> {
                 continue; // protected copies stay unless the job says otherwise
             }
             actions.push(Action {
-                source_id: source_id.to_string(),
+                source_id: owned.source_id.clone(),
                 name: img.name.clone(),
                 size: img.size,
                 target: target.clone(),
@@ -468,14 +757,18 @@ fn prune(input: &PlanInput) -> Vec<Action> {
             });
         }
     }
-    let deletes = actions
-        .iter()
-        .filter(|a| matches!(a.kind, ActionKind::Prune { delete: true, .. }))
-        .count();
-    if deletes > policy.max_deletes {
+    // A source that suddenly lists nothing (a wrong project, a broken endpoint) must not hide or
+    // delete every copy: hiding is as visible to users as deleting.
+    if actions.len() > policy.max_deletes {
+        let verb = if policy.mode == PruneMode::Delete {
+            "deleted"
+        } else {
+            "hidden"
+        };
         let reason = format!(
-            "{deletes} copies would be deleted, more than max_deletes = {}; nothing is pruned. \
-             Check that the source lists every image, then raise max_deletes for one run",
+            "{} copies would be {verb}, more than max_deletes = {}; nothing is pruned. Check \
+             that the source lists every image, then raise max_deletes for one run",
+            actions.len(),
             policy.max_deletes
         );
         for a in &mut actions {
@@ -528,9 +821,25 @@ mod tests {
                 source_images: source,
                 target_images: &target_images,
                 ledger,
+                projects: &BTreeMap::new(),
             },
             &mut || ids.next(),
         )
+    }
+
+    /// Records in the ledger that job "j" copied source image `source_id` of cloud "src" into
+    /// `target_id` on `target`.
+    fn ours(ledger: &mut Ledger, target: &str, target_id: &str, source_id: &str) {
+        ledger.record(
+            target,
+            target_id,
+            OwnedImage {
+                job: Some("j".into()),
+                source_cloud: "src".into(),
+                source_id: source_id.into(),
+                in_flight: None,
+            },
+        );
     }
 
     /// A copy of `src` on a target, as glance-sync makes it.
@@ -572,8 +881,7 @@ mod tests {
     fn our_copy_with_same_metadata_is_in_sync() {
         let s = image("s1", "ubuntu", "m1");
         let mut ledger = Ledger::default();
-        ledger.record_copy("a", "s1", "t1");
-        ledger.record_owned("a", "t1");
+        ours(&mut ledger, "a", "t1", "s1");
         let p = run(
             &job(&["a"]),
             std::slice::from_ref(&s),
@@ -598,9 +906,7 @@ mod tests {
         );
         assert_eq!(
             kinds(&p),
-            vec![
-                "s1@a: in sync (foreign image: not created by glance-sync for this image, left untouched)"
-            ]
+            vec!["s1@a: in sync (foreign image: not created by this job, left untouched)"]
         );
     }
 
@@ -610,8 +916,7 @@ mod tests {
         let mut s2 = image("s2", "ubuntu", "m2");
         s2.created_at = Some("2026-02-01T00:00:00Z".into());
         let mut ledger = Ledger::default();
-        ledger.record_copy("a", "s1", "t1");
-        ledger.record_owned("a", "t1");
+        ours(&mut ledger, "a", "t1", "s1");
         let p = run(
             &job(&["a"]),
             &[s1.clone(), s2],
@@ -625,8 +930,7 @@ mod tests {
     fn drift_on_the_source_becomes_one_patch_on_our_copy() {
         let mut s = image("s1", "ubuntu", "m1");
         let mut ledger = Ledger::default();
-        ledger.record_copy("a", "s1", "t1");
-        ledger.record_owned("a", "t1");
+        ours(&mut ledger, "a", "t1", "s1");
         let mut c = copy_of(&s, "t1");
         c.extra.insert("gone".into(), "x".into());
         s.tags = vec!["new".into()];
@@ -644,8 +948,7 @@ mod tests {
     fn deactivation_and_reactivation_follow_the_source() {
         let mut s = image("s1", "ubuntu", "m1");
         let mut ledger = Ledger::default();
-        ledger.record_copy("a", "s1", "t1");
-        ledger.record_owned("a", "t1");
+        ours(&mut ledger, "a", "t1", "s1");
         let c = copy_of(&s, "t1");
         s.status = "deactivated".into();
         let p = run(
@@ -660,7 +963,10 @@ mod tests {
         c2.status = "deactivated".into();
         s.status = "active".into();
         let p = run(&job(&["a"]), &[s], &[("a", vec![c2])], &ledger);
-        assert_eq!(kinds(&p), vec!["s1@a: reactivate (source is active again)"]);
+        assert_eq!(
+            kinds(&p),
+            vec!["s1@a: reactivate (our copy is deactivated, the source image is active)"]
+        );
     }
 
     #[test]
@@ -707,8 +1013,7 @@ mod tests {
     fn our_half_made_copy_is_deleted_and_copied_again() {
         let s = image("s1", "ubuntu", "m1");
         let mut ledger = Ledger::default();
-        ledger.record_copy("a", "s1", "t1");
-        ledger.record_owned("a", "t1");
+        ours(&mut ledger, "a", "t1", "s1");
         let mut half = copy_of(&s, "t1");
         half.status = "saving".into();
         half.checksum = None;
@@ -727,8 +1032,7 @@ mod tests {
     fn our_active_copy_with_other_data_than_its_source_is_deleted_and_copied_again() {
         let s = image("s1", "ubuntu", "m1");
         let mut ledger = Ledger::default();
-        ledger.record_copy("a", "s1", "t1");
-        ledger.record_owned("a", "t1");
+        ours(&mut ledger, "a", "t1", "s1");
         // Became active, failed the read-back check, and the delete failed then.
         let mut bad = copy_of(&s, "t1");
         bad.checksum = Some("m-corrupt".into());
@@ -747,8 +1051,7 @@ mod tests {
     fn our_copy_is_not_deleted_when_nothing_can_be_compared_with_its_source() {
         let mut s = image("s1", "ubuntu", "m1");
         let mut ledger = Ledger::default();
-        ledger.record_copy("a", "s1", "t1");
-        ledger.record_owned("a", "t1");
+        ours(&mut ledger, "a", "t1", "s1");
         let mut ours = copy_of(&s, "t1");
         ours.os_hash_algo = Some("sha256".into());
         ours.os_hash_value = Some("other-algorithm".into());
@@ -766,7 +1069,16 @@ mod tests {
     fn our_copy_made_for_another_source_cloud_is_not_judged_against_this_one() {
         let s = image("s1", "ubuntu", "m1");
         let mut ledger = Ledger::default();
-        ledger.record_owned("a", "t1");
+        ledger.record(
+            "a",
+            "t1",
+            OwnedImage {
+                job: Some("other".into()),
+                source_cloud: "elsewhere".into(),
+                source_id: "s1".into(),
+                in_flight: None,
+            },
+        );
         // Another job copied an image with the same source id from cloud "elsewhere".
         let mut other = copy_of(&s, "t1");
         other
@@ -845,34 +1157,27 @@ mod tests {
     fn copy_that_someone_deleted_on_the_target_is_copied_again() {
         let s = image("s1", "ubuntu", "m1");
         let mut ledger = Ledger::default();
-        ledger.record_copy("a", "s1", "gone");
-        ledger.record_owned("a", "gone");
+        ours(&mut ledger, "a", "gone", "s1");
         let p = run(&job(&["a"]), &[s], &[("a", vec![])], &ledger);
         assert_eq!(kinds(&p), vec!["s1@a: copy"]);
     }
 
     #[test]
-    fn a_state_mapping_to_an_image_we_do_not_own_never_leads_to_a_patch() {
-        let s = image("s1", "ubuntu", "m1");
-        let mut foreign = s.clone();
-        foreign.id = "f1".into();
-        foreign.tags = vec!["theirs".into()];
-        let mut ledger = Ledger::default();
-        ledger.record_copy("a", "s1", "f1"); // but never owned
-        let p = run(&job(&["a"]), &[s], &[("a", vec![foreign])], &ledger);
-        assert!(p.actions.iter().all(|a| !a.writes()), "{:?}", kinds(&p));
-    }
-
-    #[test]
-    fn our_copy_made_for_another_source_image_is_left_untouched() {
+    fn another_jobs_copy_is_left_untouched() {
         let s = image("s1", "ubuntu", "m1");
         let mut other_copy = copy_of(&s, "t9");
-        other_copy
-            .extra
-            .insert("glance_sync_source_id".into(), "someone-else".into());
         other_copy.tags = vec!["drifted".into()];
         let mut ledger = Ledger::default();
-        ledger.record_owned("a", "t9");
+        ledger.record(
+            "a",
+            "t9",
+            OwnedImage {
+                job: Some("other-job".into()),
+                source_cloud: "src".into(),
+                source_id: "s1".into(),
+                in_flight: None,
+            },
+        );
         let p = run(&job(&["a"]), &[s], &[("a", vec![other_copy])], &ledger);
         assert_eq!(p.actions.len(), 1);
         assert!(matches!(
@@ -931,7 +1236,7 @@ mod tests {
                 &format!("t{i}"),
             );
             c.protected = protected;
-            ledger.record_owned("a", &c.id);
+            ours(&mut ledger, "a", &c.id, &format!("gone{i}"));
             images.push(c);
         }
         let mut forged = copy_of(&image("gone9", "x", "m9"), "f9");
@@ -983,13 +1288,34 @@ mod tests {
         let (mut imgs, ledger) = orphans();
         imgs[0].os_hidden = true;
         let p = run(
-            &pruning(PruneMode::Hide, false, 0),
+            &pruning(PruneMode::Hide, false, 2),
             &[],
             &[("a", imgs)],
             &ledger,
         );
         let ids: Vec<_> = p.actions.iter().filter_map(|a| a.target_id()).collect();
-        assert_eq!(ids, ["t2", "t3"], "max_deletes does not limit hiding");
+        assert_eq!(ids, ["t2", "t3"]);
+        assert!(kinds(&p).iter().all(|k| k.contains("prune: hide")));
+    }
+
+    #[test]
+    fn more_hides_than_max_deletes_prunes_nothing() {
+        let (imgs, ledger) = orphans();
+        let p = run(
+            &pruning(PruneMode::Hide, false, 2),
+            &[],
+            &[("a", imgs)],
+            &ledger,
+        );
+        assert_eq!(p.actions.len(), 3);
+        assert!(
+            p.actions.iter().all(
+                |a| matches!(&a.kind, ActionKind::PruneRefused { reason, .. }
+                    if reason.starts_with("3 copies would be hidden, more than max_deletes = 2"))
+            ),
+            "{:?}",
+            p.actions
+        );
     }
 
     #[test]
@@ -1007,7 +1333,12 @@ mod tests {
                 .iter()
                 .all(|a| matches!(a.kind, ActionKind::PruneRefused { .. }))
         );
-        assert!(kinds(&p)[0].contains("2 copies would be deleted, more than max_deletes = 1"));
+        assert!(
+            matches!(&p.actions[0].kind, ActionKind::PruneRefused { reason, .. }
+                if reason.starts_with("2 copies would be deleted, more than max_deletes = 1")),
+            "{:?}",
+            p.actions
+        );
     }
 
     #[test]
@@ -1029,5 +1360,254 @@ mod tests {
             "{:?}",
             kinds(&p)
         );
+    }
+
+    fn in_flight(ledger: &mut Ledger, target_id: &str, job: &str, source_id: &str) {
+        ledger.record(
+            "a",
+            target_id,
+            OwnedImage {
+                job: Some(job.into()),
+                source_cloud: "src".into(),
+                source_id: source_id.into(),
+                in_flight: Some(InFlight {
+                    job: job.into(),
+                    run_id: 7,
+                }),
+            },
+        );
+    }
+
+    #[test]
+    fn another_jobs_unfinished_copy_is_never_deleted() {
+        let small = image("small", "small", "m1");
+        let big = image("big", "big", "m2");
+        let mut uploading = copy_of(&big, "t-big");
+        uploading.status = "saving".into();
+        let mut ledger = Ledger::default();
+        ledger.record(
+            "a",
+            "t-big",
+            OwnedImage {
+                job: Some("big-job".into()),
+                source_cloud: "src".into(),
+                source_id: "big".into(),
+                in_flight: None, // even when its run died: it is big-job's to clean up
+            },
+        );
+        let p = run(&job(&["a"]), &[small], &[("a", vec![uploading])], &ledger);
+        assert_eq!(kinds(&p), vec!["small@a: copy"]);
+    }
+
+    #[test]
+    fn a_copy_in_flight_is_shown_as_such_and_neither_deleted_nor_copied_again() {
+        let s = image("s1", "big", "m1");
+        let mut uploading = copy_of(&s, "t1");
+        uploading.status = "saving".into();
+        uploading.checksum = None;
+        let mut ledger = Ledger::default();
+        in_flight(&mut ledger, "t1", "j", "s1");
+        let p = run(
+            &pruning(PruneMode::Delete, false, 10),
+            &[s],
+            &[("a", vec![uploading])],
+            &ledger,
+        );
+        assert_eq!(
+            kinds(&p),
+            vec!["s1@a: in flight: being copied by run 7 of job 'j', left untouched"]
+        );
+    }
+
+    #[test]
+    fn a_copy_another_job_is_making_of_the_same_source_image_is_not_duplicated() {
+        let s = image("s1", "shared", "m1");
+        let mut uploading = copy_of(&s, "t1");
+        uploading.status = "saving".into();
+        let mut ledger = Ledger::default();
+        in_flight(&mut ledger, "t1", "other-job", "s1");
+        let p = run(&job(&["a"]), &[s], &[("a", vec![uploading])], &ledger);
+        assert!(
+            matches!(
+                p.actions[..],
+                [Action {
+                    kind: ActionKind::InFlight { .. },
+                    ..
+                }]
+            ),
+            "{:?}",
+            kinds(&p)
+        );
+    }
+
+    #[test]
+    fn our_copy_of_a_deleted_and_recreated_source_image_is_relinked_not_pruned() {
+        let old = image("old", "reup", "m1");
+        let mut new = image("new", "reup", "m1");
+        new.created_at = Some("2026-06-01T00:00:00Z".into());
+        let copy = copy_of(&old, "t1");
+        let mut ledger = Ledger::default();
+        ours(&mut ledger, "a", "t1", "old");
+        for mode in [PruneMode::Hide, PruneMode::Delete] {
+            let p = run(
+                &pruning(mode, false, 10),
+                std::slice::from_ref(&new),
+                &[("a", vec![copy.clone()])],
+                &ledger,
+            );
+            assert_eq!(
+                kinds(&p),
+                vec![
+                    "new@a: take over our copy of source image old (gone or no longer replicated; \
+                     same name and data), update metadata: glance_sync_source_id"
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn a_tampered_marker_is_restored_and_the_copy_is_not_pruned() {
+        let s = image("s1", "ubuntu", "m1");
+        let mut copy = copy_of(&s, "t1");
+        copy.extra
+            .insert("glance_sync_source_id".into(), "gone-forever".into());
+        let mut ledger = Ledger::default();
+        ours(&mut ledger, "a", "t1", "s1");
+        let p = run(
+            &pruning(PruneMode::Delete, false, 10),
+            &[s],
+            &[("a", vec![copy])],
+            &ledger,
+        );
+        assert_eq!(
+            kinds(&p),
+            vec!["s1@a: update metadata: glance_sync_source_id"]
+        );
+    }
+
+    fn tenants(owners: crate::config::Owners) -> Job {
+        let mut j = job(&["a"]);
+        j.filter = crate::config::Filter::everything().with_owners(owners);
+        j
+    }
+
+    fn owned_by(id: &str, owner: &str, visibility: &str) -> Image {
+        let mut i = image(id, id, &format!("m-{id}"));
+        i.owner = Some(owner.into());
+        i.visibility = visibility.into();
+        i
+    }
+
+    fn run_as(job: &Job, source: &[Image], target: Vec<Image>, ledger: &Ledger) -> Plan {
+        let target_images = BTreeMap::from([("a".to_string(), target)]);
+        let projects = BTreeMap::from([
+            ("src".to_string(), "sync".to_string()),
+            ("a".to_string(), "sync-t".to_string()),
+        ]);
+        plan(
+            &PlanInput {
+                job,
+                source_images: source,
+                target_images: &target_images,
+                ledger,
+                projects: &projects,
+            },
+            &mut || "new".to_string(),
+        )
+    }
+
+    #[test]
+    fn other_projects_private_and_shared_images_are_left_out_unless_owners_names_them() {
+        use crate::config::Owners;
+        let source = [
+            owned_by("mine", "sync", "private"),
+            owned_by("pub", "tenant", "public"),
+            owned_by("comm", "tenant", "community"),
+            owned_by("priv", "tenant", "private"),
+            owned_by("shr", "other", "shared"),
+        ];
+        let copied =
+            |p: &Plan| -> Vec<String> { p.actions.iter().map(|a| a.source_id.clone()).collect() };
+        let p = run_as(&tenants(Owners::Own), &source, vec![], &Ledger::default());
+        assert_eq!(copied(&p), ["comm", "mine", "pub"]);
+        let left: Vec<_> = p.left_out.iter().map(|l| l.source_id.as_str()).collect();
+        assert_eq!(left, ["priv", "shr"]);
+        assert!(
+            p.left_out[0]
+                .reason
+                .contains("private image of project tenant")
+        );
+
+        let p = run_as(
+            &tenants(Owners::Listed(vec!["tenant".into()])),
+            &source,
+            vec![],
+            &Ledger::default(),
+        );
+        assert_eq!(copied(&p), ["comm", "mine", "priv", "pub"]);
+        let p = run_as(&tenants(Owners::All), &source, vec![], &Ledger::default());
+        assert_eq!(p.actions.len(), 5);
+        assert!(p.left_out.is_empty());
+    }
+
+    #[test]
+    fn a_foreign_image_stands_in_only_when_everyone_who_could_see_the_copy_sees_it() {
+        use crate::config::Owners;
+        let s = owned_by("s1", "sync", "public");
+        let stand_in = |owner: &str, visibility: &str, source_visibility: &str| {
+            let mut s = s.clone();
+            s.visibility = source_visibility.into();
+            let mut theirs = s.clone();
+            theirs.id = "theirs".into();
+            theirs.owner = Some(owner.into());
+            theirs.visibility = visibility.into();
+            let p = run_as(
+                &tenants(Owners::Own),
+                &[s],
+                vec![theirs],
+                &Ledger::default(),
+            );
+            match &p.actions[0].kind {
+                ActionKind::InSync { foreign: true, .. } => true,
+                ActionKind::Copy { .. } => false,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert!(
+            !stand_in("tenant", "private", "public"),
+            "a tenant's private image"
+        );
+        assert!(!stand_in("tenant", "shared", "public"));
+        assert!(!stand_in("tenant", "community", "public"));
+        assert!(stand_in("tenant", "community", "community"));
+        assert!(stand_in("tenant", "public", "public"));
+        assert!(
+            stand_in("sync-t", "private", "public"),
+            "our own project's image"
+        );
+    }
+
+    #[test]
+    fn our_projects_images_with_our_marker_but_no_ledger_entry_are_reported_not_owned() {
+        let s = image("s1", "ubuntu", "m1");
+        let mut lost = copy_of(&s, "t1");
+        lost.owner = Some("sync-t".into());
+        let mut forged = copy_of(&s, "t2");
+        forged.owner = Some("tenant".into());
+        forged.tags = vec!["forged".into()];
+        let p = run_as(
+            &pruning(PruneMode::Delete, false, 10),
+            &[s],
+            vec![lost, forged],
+            &Ledger::default(),
+        );
+        let unadopted: Vec<_> = p.unadopted.iter().map(|u| u.target_id.as_str()).collect();
+        assert_eq!(
+            unadopted,
+            ["t1"],
+            "a tenant's forged marker is not ours to adopt"
+        );
+        assert!(p.unadopted[0].adoptable, "{}", p.unadopted[0].verdict);
+        assert!(p.actions.iter().all(|a| !a.writes()), "{:?}", kinds(&p));
     }
 }

@@ -16,7 +16,7 @@ use rusqlite_migration::Migrations;
 use serde::Serialize;
 
 use crate::image::Image;
-use crate::plan::Ledger;
+use crate::plan::{InFlight, Ledger, OwnedImage};
 
 static MIGRATIONS: Dir = include_dir!("$CARGO_MANIFEST_DIR/migrations");
 
@@ -29,11 +29,14 @@ pub enum StateError {
     Busy { path: PathBuf, lock: PathBuf },
     #[error("state database {path}: {message}")]
     Io { path: PathBuf, message: String },
-    #[error("state database {path}: {source}")]
-    Sql {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
+    #[error(
+        "state database {path}: disk full: free space on the filesystem that holds it; \
+         nothing is lost (the ledger is written before every create), the next run goes on"
+    )]
+    DiskFull { path: PathBuf },
+    /// The SQLite error is part of the message, not a `source`: an operator reads it once.
+    #[error("state database {path}: {message}")]
+    Sql { path: PathBuf, message: String },
     #[error("state database {path}: schema migration failed: {message}")]
     Migration { path: PathBuf, message: String },
 }
@@ -41,8 +44,9 @@ pub enum StateError {
 pub struct State {
     path: PathBuf,
     conn: Mutex<Connection>,
-    /// Held for the life of a writable `State`; dropped (and so released) with it.
-    _lock: Option<File>,
+    /// Held for the life of a writable `State`; dropped (and so released) with it. A `State`
+    /// that holds it knows every run marked `running` is one of its own.
+    lock: Option<File>,
 }
 
 /// How one (source image, target) pair ended in a run.
@@ -73,6 +77,16 @@ pub struct RunRecord {
     pub images_failed: u64,
 }
 
+/// Images on a target that carry our marker for a job's source cloud but are not in the ledger,
+/// as the job's last run counted them.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnadoptedCount {
+    pub job: String,
+    pub target: String,
+    pub images: u64,
+    pub seen_at: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct FailingImage {
     pub job: String,
@@ -95,6 +109,17 @@ pub struct RunSummary {
 }
 
 impl RunSummary {
+    /// A run stopped by a signal before it did anything.
+    pub fn interrupted() -> RunSummary {
+        RunSummary {
+            result: "interrupted",
+            images_copied: 0,
+            bytes_copied: 0,
+            images_failed: 0,
+            error: None,
+        }
+    }
+
     /// A run stopped by `error` before it could do anything.
     pub fn failure(error: &dyn std::fmt::Display) -> RunSummary {
         RunSummary {
@@ -155,48 +180,88 @@ impl State {
                 path: path.to_path_buf(),
                 message: e.to_string(),
             })?;
-        migrations
-            .to_latest(&mut conn)
-            .map_err(|e| StateError::Migration {
+        migrations.to_latest(&mut conn).map_err(|e| match e {
+            rusqlite_migration::Error::RusqliteError { err, .. } => sql(path, err),
+            e => StateError::Migration {
                 path: path.to_path_buf(),
                 message: e.to_string(),
-            })?;
-        // We hold the lock, so any run still marked running died without finishing.
-        conn.execute(
-            "UPDATE runs SET result = 'interrupted', finished_at = ?1 WHERE result = 'running'",
-            params![now()],
-        )
+            },
+        })?;
+        // We hold the lock, so any run still marked running died without finishing, and none
+        // of its copies is in flight any more.
+        conn.execute_batch(&format!(
+            "UPDATE owned_images SET in_flight_run = NULL WHERE in_flight_run IS NOT NULL;
+             UPDATE runs SET result = 'interrupted', finished_at = '{}' WHERE result = 'running';",
+            now()
+        ))
         .map_err(|e| sql(path, e))?;
         Ok(State {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
-            _lock: Some(lock),
+            lock: Some(lock),
         })
     }
 
-    /// Opens an existing database for reading (`plan`, `status`), without the run lock.
-    /// `None` when there is no database yet.
+    /// Opens an existing database for reading (`plan`, `status`), without the run lock and
+    /// without writing anything. `None` when there is no database yet.
+    ///
+    /// Works for a user who may read the database but not write it or its directory (a
+    /// monitoring account). SQLite then cannot create the `-wal`/`-shm` files a WAL database is
+    /// read through; when they do not exist (the last writer closed cleanly, or a restore left
+    /// only the database file) there is nothing beyond the database file to read, and it is read
+    /// as immutable.
     pub fn open_read_only(path: &Path) -> Result<Option<State>, StateError> {
         if !path.exists() {
             return Ok(None);
         }
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| sql(path, e))?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))
-            .map_err(|e| sql(path, e))?;
+        let open = |target: &str, extra: OpenFlags| -> rusqlite::Result<Connection> {
+            let conn = Connection::open_with_flags(
+                target,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | extra,
+            )?;
+            conn.busy_timeout(std::time::Duration::from_secs(10))?;
+            // Reading the schema is the first thing that needs the WAL files.
+            conn.query_row("SELECT count(*) FROM sqlite_master", [], |_| Ok(()))?;
+            Ok(conn)
+        };
+        let conn = match open(&path.to_string_lossy(), OpenFlags::empty()) {
+            Ok(conn) => conn,
+            Err(e) if is_read_only_error(&e) && !wal_has_content(path) => {
+                let uri = immutable_uri(path).map_err(|message| StateError::Io {
+                    path: path.to_path_buf(),
+                    message,
+                })?;
+                open(&uri, OpenFlags::SQLITE_OPEN_URI).map_err(|e| sql(path, e))?
+            }
+            Err(e) if is_read_only_error(&e) => {
+                return Err(StateError::Io {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "cannot be read by this user: {e}; its write-ahead log has data that \
+                         only a user who may write the directory can read (run as the \
+                         service's user, or wait until the running glance-sync finishes)"
+                    ),
+                });
+            }
+            Err(e) => return Err(sql(path, e)),
+        };
         Ok(Some(State {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
-            _lock: None,
+            lock: None,
         }))
     }
 
     fn with<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StateError> {
         let conn = self.conn.lock().expect("state connection lock poisoned");
         f(&conn).map_err(|e| sql(&self.path, e))
+    }
+
+    /// Whether the runs marked `running` are still going: ours when we hold the run lock, else
+    /// those of whoever holds it. With nobody holding it, they died (killed, or the host went
+    /// down) and are abandoned.
+    fn runs_are_live(&self) -> bool {
+        self.lock.is_some() || lock_is_held(&lock_path(&self.path))
     }
 
     pub fn begin_run(&self, job: &str) -> Result<i64, StateError> {
@@ -211,6 +276,10 @@ impl State {
 
     pub fn finish_run(&self, run: i64, s: &RunSummary) -> Result<(), StateError> {
         self.with(|c| {
+            c.execute(
+                "UPDATE owned_images SET in_flight_run = NULL WHERE in_flight_run = ?1",
+                params![run],
+            )?;
             c.execute(
                 "UPDATE runs SET finished_at = ?2, result = ?3, images_copied = ?4, bytes_copied = ?5,
                  images_failed = ?6, error = ?7 WHERE id = ?1",
@@ -228,44 +297,50 @@ impl State {
         })
     }
 
-    /// What the planner needs to know about copies of `source_cloud`'s images.
-    pub fn ledger(&self, source_cloud: &str) -> Result<Ledger, StateError> {
+    /// Every image glance-sync created (and has not deleted) on any target, with the job it
+    /// belongs to, the source image it copies, and whether a run is copying it right now.
+    pub fn ledger(&self) -> Result<Ledger, StateError> {
+        let live = self.runs_are_live();
         self.with(|c| {
             let mut ledger = Ledger::default();
             let mut owned = c.prepare(
-                "SELECT target_cloud, target_id FROM owned_images WHERE deleted_at IS NULL",
+                "SELECT o.target_cloud, o.target_id, o.job, o.source_cloud, o.source_id, r.id, r.job
+                 FROM owned_images o
+                 LEFT JOIN runs r ON r.id = o.in_flight_run AND r.result = 'running'
+                 WHERE o.deleted_at IS NULL",
             )?;
-            for row in
-                owned.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
-            {
-                let (t, id) = row?;
-                ledger.record_owned(&t, &id);
-            }
-            // A mapping counts only while the image it names is in the ownership ledger.
-            let mut copies = c.prepare(
-                "SELECT r.target_cloud, r.source_id, r.target_id FROM replicas r
-                 JOIN owned_images o ON o.target_cloud = r.target_cloud AND o.target_id = r.target_id
-                 WHERE r.source_cloud = ?1 AND r.foreign_image = 0 AND o.deleted_at IS NULL",
-            )?;
-            for row in copies.query_map([source_cloud], |r| {
+            let rows = owned.query_map([], |r| {
+                let in_flight = match (r.get::<_, Option<i64>>(5)?, r.get::<_, Option<String>>(6)?)
+                {
+                    (Some(run_id), Some(job)) if live => Some(InFlight { job, run_id }),
+                    _ => None,
+                };
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
+                    OwnedImage {
+                        job: r.get(2)?,
+                        source_cloud: r.get(3)?,
+                        source_id: r.get(4)?,
+                        in_flight,
+                    },
                 ))
-            })? {
-                let (t, s, id) = row?;
-                ledger.record_copy(&t, &s, &id);
+            })?;
+            for row in rows {
+                let (target, id, owned) = row?;
+                ledger.record(&target, &id, owned);
             }
             Ok(ledger)
         })
     }
 
     /// Records a copy about to be created, before the create call: if we crash after it, the next
-    /// run knows the image is ours and can clean it up.
+    /// run knows the image is ours and can clean it up. Until [`copy_settled`](Self::copy_settled)
+    /// or the end of `run`, the image is in flight.
     pub fn record_copy_started(
         &self,
         job: &str,
+        run: i64,
         source_cloud: &str,
         source: &Image,
         target: &str,
@@ -274,9 +349,10 @@ impl State {
         let t = now();
         self.with(|c| {
             c.execute(
-                "INSERT INTO owned_images (target_cloud, target_id, source_cloud, source_id, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![target, target_id, source_cloud, source.id, t],
+                "INSERT INTO owned_images (target_cloud, target_id, source_cloud, source_id, created_at,
+                    job, in_flight_run)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![target, target_id, source_cloud, source.id, t, job, run],
             )?;
             c.execute(
                 "INSERT INTO replicas (source_cloud, source_id, target_cloud, job, name, identity,
@@ -298,6 +374,100 @@ impl State {
                 ],
             )
             .map(drop)
+        })
+    }
+
+    /// The copy into `target_id` ended, however it ended: the image is no longer in flight.
+    pub fn copy_settled(&self, target: &str, target_id: &str) -> Result<(), StateError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE owned_images SET in_flight_run = NULL WHERE target_cloud = ?1 AND target_id = ?2",
+                params![target, target_id],
+            )
+            .map(drop)
+        })
+    }
+
+    /// Our copy `target_id` now stands for `source` (its own source image is gone or no longer
+    /// replicated, and `source` has the same name and data): the ledger follows, and the old
+    /// source image's replica record goes.
+    pub fn relink(
+        &self,
+        job: &str,
+        source_cloud: &str,
+        source: &Image,
+        target: &str,
+        target_id: &str,
+    ) -> Result<(), StateError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE owned_images SET job = ?1, source_cloud = ?2, source_id = ?3
+                 WHERE target_cloud = ?4 AND target_id = ?5",
+                params![job, source_cloud, source.id, target, target_id],
+            )?;
+            c.execute(
+                "DELETE FROM replicas WHERE target_cloud = ?1 AND target_id = ?2
+                 AND NOT (source_cloud = ?3 AND source_id = ?4)",
+                params![target, target_id, source_cloud, source.id],
+            )
+            .map(drop)
+        })
+    }
+
+    /// Records an image that carries our marker as ours, for `job` (`glance-sync adopt`).
+    pub fn adopt(
+        &self,
+        job: &str,
+        source_cloud: &str,
+        source_id: &str,
+        target: &str,
+        target_id: &str,
+    ) -> Result<(), StateError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO owned_images (target_cloud, target_id, source_cloud, source_id,
+                    created_at, job)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (target_cloud, target_id) DO UPDATE SET
+                    source_cloud = excluded.source_cloud, source_id = excluded.source_id,
+                    job = excluded.job, deleted_at = NULL, in_flight_run = NULL",
+                params![target, target_id, source_cloud, source_id, now(), job],
+            )
+            .map(drop)
+        })
+    }
+
+    /// How many images on `target` carry our marker for `job`'s source but are not ours in the
+    /// ledger, as this run counted them.
+    pub fn record_unadopted(&self, job: &str, target: &str, images: u64) -> Result<(), StateError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO unadopted (job, target_cloud, images, seen_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (job, target_cloud) DO UPDATE SET
+                    images = excluded.images, seen_at = excluded.seen_at
+                 WHERE unadopted.images != excluded.images",
+                params![job, target, images, now()],
+            )
+            .map(drop)
+        })
+    }
+
+    /// Targets where the last run of a job saw images with our marker missing from the ledger.
+    pub fn unadopted(&self) -> Result<Vec<UnadoptedCount>, StateError> {
+        self.with(|c| {
+            let mut q = c.prepare(
+                "SELECT job, target_cloud, images, seen_at FROM unadopted WHERE images > 0
+                 ORDER BY job, target_cloud",
+            )?;
+            q.query_map([], |r| {
+                Ok(UnadoptedCount {
+                    job: r.get(0)?,
+                    target: r.get(1)?,
+                    images: r.get(2)?,
+                    seen_at: r.get(3)?,
+                })
+            })?
+            .collect()
         })
     }
 
@@ -389,8 +559,10 @@ impl State {
         })
     }
 
-    /// The newest run of each job.
+    /// The newest run of each job. A run marked `running` whose process is gone (nobody holds
+    /// the run lock) shows as `abandoned`.
     pub fn last_runs(&self) -> Result<Vec<RunRecord>, StateError> {
+        let live = self.runs_are_live();
         self.with(|c| {
             let mut q = c.prepare(
                 "SELECT id, job, started_at, finished_at, result, images_copied, bytes_copied,
@@ -403,7 +575,10 @@ impl State {
                     job: r.get(1)?,
                     started_at: r.get(2)?,
                     finished_at: r.get(3)?,
-                    result: r.get(4)?,
+                    result: match r.get::<_, String>(4)? {
+                        running if running == "running" && !live => "abandoned".into(),
+                        result => result,
+                    },
                     images_copied: r.get(5)?,
                     bytes_copied: r.get(6)?,
                     images_failed: r.get(7)?,
@@ -469,11 +644,54 @@ fn lock_path(db: &Path) -> PathBuf {
     db.with_file_name(name)
 }
 
-fn sql(path: &Path, source: rusqlite::Error) -> StateError {
+fn sql(path: &Path, e: rusqlite::Error) -> StateError {
+    if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+        return StateError::DiskFull {
+            path: path.to_path_buf(),
+        };
+    }
     StateError::Sql {
         path: path.to_path_buf(),
-        source,
+        message: e.to_string(),
     }
+}
+
+/// Whether another process holds the run lock beside the database (a lock file that does not
+/// exist or cannot be opened is held by nobody who could be running).
+fn lock_is_held(lock: &Path) -> bool {
+    // Opened for reading only: a monitoring user may read the directory but not write it.
+    let Ok(file) = File::open(lock) else {
+        return false;
+    };
+    // A shared lock is refused while a run holds the exclusive one; ours is released on drop.
+    matches!(
+        file.try_lock_shared(),
+        Err(std::fs::TryLockError::WouldBlock)
+    )
+}
+
+/// SQLite refused to read because it would have had to write (the `-wal`/`-shm` files).
+fn is_read_only_error(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::CannotOpen)
+    )
+}
+
+/// Whether the database's write-ahead log holds pages not yet in the database file.
+fn wal_has_content(db: &Path) -> bool {
+    let mut wal = db.as_os_str().to_os_string();
+    wal.push("-wal");
+    std::fs::metadata(PathBuf::from(wal)).is_ok_and(|m| m.len() > 0)
+}
+
+/// `file:` URI opening `db` as immutable: no locks, no `-shm`, nothing written.
+fn immutable_uri(db: &Path) -> Result<String, String> {
+    let absolute = std::path::absolute(db).map_err(|e| format!("cannot resolve the path: {e}"))?;
+    let mut url = url::Url::from_file_path(&absolute)
+        .map_err(|()| format!("cannot turn {} into a file: URI", absolute.display()))?;
+    url.set_query(Some("immutable=1"));
+    Ok(url.to_string())
 }
 
 #[cfg(test)]
@@ -505,9 +723,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let st = State::open(&dir.path().join("s.db")).unwrap();
         let src = image("s1", "ubuntu", "m1");
-        st.record_copy_started("j", "prod", &src, "dr", "t1")
+        let run = st.begin_run("j").unwrap();
+        st.record_copy_started("j", run, "prod", &src, "dr", "t1")
             .unwrap();
         assert_eq!(st.replica_state("s1", "dr"), Some(("pending".into(), 1)));
+        assert_eq!(
+            st.ledger().unwrap().owned("dr", "t1").unwrap().in_flight,
+            Some(InFlight {
+                job: "j".into(),
+                run_id: run
+            }),
+            "in flight while its run goes on"
+        );
+        st.copy_settled("dr", "t1").unwrap();
         st.record_outcome(
             "j",
             "prod",
@@ -520,11 +748,18 @@ mod tests {
             },
         )
         .unwrap();
-        let l = st.ledger("prod").unwrap();
-        assert_eq!(l.copy_of("dr", "s1"), Some("t1"));
-        assert!(l.owns("dr", "t1"));
+        let l = st.ledger().unwrap();
+        assert_eq!(
+            l.owned("dr", "t1"),
+            Some(&OwnedImage {
+                job: Some("j".into()),
+                source_cloud: "prod".into(),
+                source_id: "s1".into(),
+                in_flight: None,
+            })
+        );
         st.record_deleted("dr", "t1").unwrap();
-        assert!(!st.ledger("prod").unwrap().owns("dr", "t1"));
+        assert!(st.ledger().unwrap().owned("dr", "t1").is_none());
     }
 
     #[test]
@@ -532,8 +767,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let st = State::open(&dir.path().join("s.db")).unwrap();
         let src = image("s1", "ubuntu", "m1");
+        let run = st.begin_run("j").unwrap();
         for id in ["a", "b"] {
-            st.record_copy_started("j", "prod", &src, "dr", id).unwrap();
+            st.record_copy_started("j", run, "prod", &src, "dr", id)
+                .unwrap();
             st.record_outcome(
                 "j",
                 "prod",
@@ -582,6 +819,103 @@ mod tests {
         .unwrap();
         assert_eq!(changes(), before + 1);
         assert_eq!(st.replica_state("s1", "dr"), Some(("failed".into(), 0)));
+    }
+
+    #[test]
+    fn a_copy_whose_run_died_is_no_longer_in_flight_and_its_run_is_abandoned() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.db");
+        let st = State::open(&db).unwrap();
+        let run = st.begin_run("big").unwrap();
+        st.record_copy_started("big", run, "prod", &image("s1", "x", "m"), "dr", "t1")
+            .unwrap();
+        let reader = State::open_read_only(&db).unwrap().unwrap();
+        assert!(
+            reader
+                .ledger()
+                .unwrap()
+                .owned("dr", "t1")
+                .unwrap()
+                .in_flight
+                .is_some(),
+            "the writer holds the lock: its run is live"
+        );
+        assert_eq!(reader.last_runs().unwrap()[0].result, "running");
+        // The process dies: its lock goes with it, its row stays 'running'.
+        drop(st);
+        assert!(
+            reader
+                .ledger()
+                .unwrap()
+                .owned("dr", "t1")
+                .unwrap()
+                .in_flight
+                .is_none()
+        );
+        assert_eq!(reader.last_runs().unwrap()[0].result, "abandoned");
+    }
+
+    #[test]
+    fn relinking_moves_the_copy_to_the_new_source_image() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = State::open(&dir.path().join("s.db")).unwrap();
+        let old = image("old", "reup", "m");
+        let new = image("new", "reup", "m");
+        let run = st.begin_run("j").unwrap();
+        st.record_copy_started("j", run, "prod", &old, "dr", "t1")
+            .unwrap();
+        st.relink("j", "prod", &new, "dr", "t1").unwrap();
+        assert_eq!(
+            st.ledger().unwrap().owned("dr", "t1").unwrap().source_id,
+            "new"
+        );
+        assert_eq!(
+            st.replica_state("old", "dr"),
+            None,
+            "old source's record gone"
+        );
+    }
+
+    #[test]
+    fn version_1_copies_are_given_the_job_that_recorded_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.db");
+        {
+            let mut conn = Connection::open(&db).unwrap();
+            let migrations = Migrations::from_directory(&MIGRATIONS).unwrap();
+            migrations.to_version(&mut conn, 1).unwrap();
+            conn.execute_batch(
+                "INSERT INTO owned_images VALUES ('dr', 't1', 'prod', 's1', 'now', NULL);
+                 INSERT INTO owned_images VALUES ('dr', 't2', 'prod', 's2', 'now', NULL);
+                 INSERT INTO replicas (source_cloud, source_id, target_cloud, job, identity,
+                    target_id, state, first_seen_at, updated_at)
+                 VALUES ('prod', 's1', 'dr', 'golden', 'x', 't1', 'in_sync', 'now', 'now');",
+            )
+            .unwrap();
+        }
+        let st = State::open(&db).unwrap();
+        let l = st.ledger().unwrap();
+        assert_eq!(l.owned("dr", "t1").unwrap().job.as_deref(), Some("golden"));
+        assert_eq!(
+            l.owned("dr", "t2").unwrap().job,
+            None,
+            "unknown: any job of its source"
+        );
+    }
+
+    #[test]
+    fn a_full_disk_is_reported_as_such_with_the_path() {
+        let e = sql(
+            Path::new("/var/lib/glance-sync/state.db"),
+            rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+                None,
+            ),
+        );
+        assert_eq!(
+            e.to_string().split(';').next().unwrap(),
+            "state database /var/lib/glance-sync/state.db: disk full: free space on the filesystem that holds it"
+        );
     }
 
     #[test]

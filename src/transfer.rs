@@ -45,6 +45,17 @@ pub enum FailureReason {
 }
 
 impl FailureReason {
+    /// Every reason, so that metrics can show each at 0 before it first happens.
+    pub const ALL: [FailureReason; 7] = [
+        FailureReason::SourceRead,
+        FailureReason::SourceCorrupt,
+        FailureReason::TargetCreate,
+        FailureReason::TargetUpload,
+        FailureReason::Verification,
+        FailureReason::TargetMetadata,
+        FailureReason::Interrupted,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             FailureReason::SourceRead => "source_read",

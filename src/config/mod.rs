@@ -87,6 +87,9 @@ pub struct CloudConfig {
     pub cacert: Option<PathBuf>,
     pub verify: bool,
     pub image_endpoint_override: Option<String>,
+    /// The project glance-sync works as, for clouds without Keystone (`[clouds.X] project_id`);
+    /// with Keystone it comes from the token.
+    pub project_id: Option<String>,
 }
 
 /// How a cloud authenticates. Secrets are `SecretString`s: they print as `[REDACTED]`.
@@ -188,6 +191,19 @@ pub struct Filter {
     exclude: GlobSet,
     tags: Vec<String>,
     visibility: Vec<String>,
+    owners: Owners,
+}
+
+/// Whose private and shared source images a job copies, besides those of the project it
+/// authenticates as (public and community images are always candidates).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owners {
+    /// Only the job's own project (the default).
+    Own,
+    /// Also these projects (ids).
+    Listed(Vec<String>),
+    /// Every project: `owners = ["*"]`.
+    All,
 }
 
 impl Filter {
@@ -197,7 +213,24 @@ impl Filter {
             exclude: GlobSet::empty(),
             tags: vec![],
             visibility: vec![],
+            owners: Owners::Own,
         }
+    }
+
+    /// Whether `filter.owners` lets the job copy private and shared images of project `owner`
+    /// (the job's own project is allowed without it).
+    pub fn allows_owner(&self, owner: Option<&str>) -> bool {
+        match &self.owners {
+            Owners::Own => false,
+            Owners::All => true,
+            Owners::Listed(ids) => owner.is_some_and(|o| ids.iter().any(|id| id == o)),
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn with_owners(mut self, owners: Owners) -> Filter {
+        self.owners = owners;
+        self
     }
 
     pub fn selects(&self, image: &Image) -> bool {
@@ -276,6 +309,10 @@ pub(crate) struct CloudEntry {
     verify: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     image_endpoint_override: Option<String>,
+    /// glance-sync's own key (not a clouds.yaml one, so not in `CLOUD_KEYS`): the project a
+    /// cloud without Keystone works as.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    project_id: Option<String>,
     #[serde(default, skip_serializing_if = "AuthEntry::is_empty")]
     auth: AuthEntry,
 }
@@ -380,6 +417,9 @@ struct FilterEntry {
     tags: Vec<String>,
     #[serde(default)]
     visibility: Vec<String>,
+    /// Project ids whose private and shared images the job copies too; `["*"]` for all.
+    #[serde(default)]
+    owners: Vec<String>,
 }
 
 const VISIBILITIES: &[&str] = &["public", "community", "shared", "private"];
@@ -683,6 +723,20 @@ fn validate_job(
             exclude: globs(&job.filter.exclude, "exclude")?,
             tags: job.filter.tags.clone(),
             visibility: job.filter.visibility.clone(),
+            owners: match job.filter.owners.as_slice() {
+                [] => Owners::Own,
+                [all] if all == "*" => Owners::All,
+                ids if ids.iter().any(|id| id == "*") => {
+                    return Err((
+                        "filter",
+                        format!(
+                            "{at}: filter.owners mixes \"*\" with project ids; \"*\" alone means \
+                             every project"
+                        ),
+                    ));
+                }
+                ids => Owners::Listed(ids.to_vec()),
+            },
         },
     })
 }
@@ -835,6 +889,14 @@ fn resolve_cloud(
         auth,
         AuthConfig::None | AuthConfig::Token { auth_url: None, .. }
     );
+    if merged.project_id.is_some() && !no_keystone {
+        return Err(
+            "project_id names the project of a cloud without Keystone (auth_type none, or a \
+             token without auth_url); with Keystone the token's project is used: set \
+             auth.project_id or auth.project_name instead"
+                .into(),
+        );
+    }
     if no_keystone && merged.image_endpoint_override.is_none() {
         return Err(format!(
             "auth_type '{auth_type}' without auth.auth_url has no service catalog: \
@@ -868,6 +930,7 @@ fn resolve_cloud(
         cacert: merged.cacert.as_ref().map(PathBuf::from),
         verify,
         image_endpoint_override: merged.image_endpoint_override.clone(),
+        project_id: merged.project_id.clone(),
     })
 }
 
