@@ -5,8 +5,10 @@
 mod support;
 
 use support::glance_api::Api;
+use support::glance_api::{image_body, random_bytes};
 use support::harness::RealGlance;
-use support::keystone::{DEMO_PASSWORD, demo_token, keystone_url};
+use support::keystone::{self, DEMO_PASSWORD, demo_token, keystone_url};
+use support::scenario::copies_by_source;
 use support::scenario::{assert_exact_copies, seed_source};
 use support::sync_cli::glance_sync;
 
@@ -85,6 +87,35 @@ async fn sync_through_real_keystone_with_password_auth_and_catalog_endpoints() {
         assert!(!text.contains(PASSWORD), "{what} shows the password");
         assert!(!text.contains("gAAAAA"), "{what} shows a Fernet token");
     }
+    // Another project's private image on the source: demo has the admin role and so sees it,
+    // but the token is scoped to project demo, so the job leaves it out.
+    let (admin_token, _) = keystone::token("admin", "admin-secret", "admin").await;
+    let other = Api::with_token(&src.url, &admin_token)
+        .create_with_data(
+            image_body(
+                "admins-private",
+                "raw",
+                serde_json::json!({"visibility": "private"}),
+            ),
+            random_bytes(4096, 77),
+        )
+        .await;
+    let plan = glance_sync(&config, &["-vv", "plan"]).await;
+    plan.assert_code(0);
+    assert!(
+        plan.stderr.contains("'admins-private'")
+            && plan.stderr.contains("private image of project"),
+        "{}",
+        plan.stderr
+    );
+    glance_sync(&config, &["run"]).await.assert_code(0);
+    assert!(
+        !copies_by_source(&target)
+            .await
+            .contains_key(other["id"].as_str().unwrap()),
+        "another project's private image was copied"
+    );
+
     let db = std::fs::read(dir.path().join("state.db")).unwrap();
     assert!(
         !db.windows(PASSWORD.len()).any(|w| w == PASSWORD.as_bytes()),

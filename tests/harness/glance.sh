@@ -25,6 +25,8 @@
 #   GLANCE_THREADS     uWSGI threads, 1 process (default 4)
 #   GLANCE_FORMAT_MATCH  [image_format] require_image_format_match (default true)
 #   GLANCE_DEBUG       true|false (default false)
+#   GLANCE_EXTRA_DEFAULT  lines appended to [DEFAULT] of glance-api.conf, e.g.
+#                      "image_size_cap = 1048576" or "image_property_quota = 64"
 #   GLANCE_KEEP_STATE  1: stop keeps the state dir (logs, DB, files)
 #
 # Exit codes of start: 0 up; 3 port already in use (pick another one); 1 other.
@@ -115,6 +117,7 @@ enabled_import_methods = [glance-direct,web-download,copy-image]
 node_staging_uri = file://$d/staging/
 image_cache_dir = $d/cache
 worker_self_reference_url = http://127.0.0.1:$port
+${GLANCE_EXTRA_DEFAULT:-}
 
 [database]
 connection = sqlite:///$d/glance.sqlite

@@ -20,7 +20,7 @@ impl DaemonProc {
             .append(true)
             .open(&stderr_path)
             .unwrap();
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_glance-sync"))
+        let child = tokio::process::Command::new(super::sync_cli::bin())
             .arg("--config")
             .arg(config)
             .arg("daemon")

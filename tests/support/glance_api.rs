@@ -72,6 +72,28 @@ impl Api {
         Self::expect(r, &format!("upload {id}")).await;
     }
 
+    /// Creates an image and streams `len` pseudo-random bytes (seed `seed`) into it without holding
+    /// them in memory; returns the image as Glance then shows it.
+    pub async fn create_streamed(&self, body: Value, len: u64, seed: u64) -> Value {
+        const CHUNK: u64 = 1 << 20;
+        let img = self.create(body).await;
+        let id = img["id"].as_str().unwrap().to_string();
+        let chunks = futures_util::stream::iter((0..len.div_ceil(CHUNK)).map(move |i| {
+            let n = CHUNK.min(len - i * CHUNK) as usize;
+            Ok::<_, std::io::Error>(random_bytes(n, seed.wrapping_mul(1_000_003) + i))
+        }));
+        let r = self
+            .req(reqwest::Method::PUT, &format!("/v2/images/{id}/file"))
+            .header("Content-Type", "application/octet-stream")
+            .header("Content-Length", len)
+            .body(reqwest::Body::wrap_stream(chunks))
+            .send()
+            .await
+            .unwrap();
+        Self::expect(r, &format!("upload {id}")).await;
+        self.get(&id).await
+    }
+
     /// Creates an image and uploads `data`; returns the image as Glance then shows it.
     pub async fn create_with_data(&self, body: Value, data: Vec<u8>) -> Value {
         let img = self.create(body).await;

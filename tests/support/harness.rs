@@ -101,7 +101,8 @@ impl RealGlance {
     /// `[("GLANCE_HASH_ALGO", "sha256")]`, or `[("GLANCE_AUTH", "keystone")]` with
     /// the fixed port that Keystone's catalog names (19392/19393 by default).
     /// Knobs: GLANCE_AUTH, KEYSTONE_URL, GLANCE_HASH_ALGO, GLANCE_THREADS,
-    /// GLANCE_FORMAT_MATCH, GLANCE_DEBUG, GLANCE_KEEP_STATE.
+    /// GLANCE_FORMAT_MATCH, GLANCE_DEBUG, GLANCE_KEEP_STATE, GLANCE_EXTRA_DEFAULT (lines for
+    /// `[DEFAULT]`, e.g. `image_size_cap = 1048576`).
     /// Panics (with Glance's log tail) if it does not come up within 60 s.
     pub fn start_with(name: &str, port: Option<u16>, env: &[(&str, &str)]) -> RealGlance {
         assert_installed();

@@ -13,10 +13,16 @@ pub fn keystone_url() -> String {
 
 /// A project-scoped token for the demo user, and the token's body (user, expiry, catalog).
 pub async fn demo_token() -> (String, Value) {
+    token("demo", DEMO_PASSWORD, "demo").await
+}
+
+/// A token for `user` scoped to `project` (both in domain Default), and the token's body.
+/// keystone.sh also makes `admin`/`admin-secret` in project `admin`: another tenant for tests.
+pub async fn token(user: &str, password: &str, project: &str) -> (String, Value) {
     let body = json!({"auth": {
         "identity": {"methods": ["password"], "password": {"user": {
-            "name": "demo", "domain": {"name": "Default"}, "password": DEMO_PASSWORD}}},
-        "scope": {"project": {"name": "demo", "domain": {"name": "Default"}}}}});
+            "name": user, "domain": {"name": "Default"}, "password": password}}},
+        "scope": {"project": {"name": project, "domain": {"name": "Default"}}}}});
     let resp = reqwest::Client::new()
         .post(format!("{}/v3/auth/tokens", keystone_url()))
         .json(&body)
@@ -28,7 +34,7 @@ pub async fn demo_token() -> (String, Value) {
                 keystone_url()
             )
         });
-    assert_eq!(resp.status(), 201, "Keystone refused the demo user");
+    assert_eq!(resp.status(), 201, "Keystone refused user {user}");
     let token = resp.headers()["x-subject-token"]
         .to_str()
         .unwrap()

@@ -49,23 +49,85 @@ pub fn write_config(
     path
 }
 
+/// The glance-sync binary the tests run: this build's, or `$GLANCE_SYNC_BIN` (to show that a
+/// test fails against an older build).
+pub fn bin() -> PathBuf {
+    match std::env::var_os("GLANCE_SYNC_BIN") {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_glance-sync")),
+    }
+}
+
+/// `glance-sync --config CONFIG` with a clean environment for logs, ready for its arguments.
+pub fn command(config: &Path) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(bin());
+    cmd.arg("--config")
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    cmd
+}
+
 /// Runs `glance-sync --config CONFIG ARGS...` to completion (async, so an in-process fake Glance
 /// keeps serving meanwhile).
 pub async fn glance_sync(config: &Path, args: &[&str]) -> SyncRun {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_glance-sync"))
-        .arg("--config")
+    finish(command(config).args(args)).await
+}
+
+/// The same as another user (uid = gid = `uid`): the binary is copied where that user can run it,
+/// and the config's directory is made readable to it.
+pub async fn glance_sync_as(uid: u32, config: &Path, args: &[&str]) -> SyncRun {
+    use std::os::unix::fs::PermissionsExt;
+    static BIN: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
+    let (_, exe) = BIN.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let exe = dir.path().join("glance-sync");
+        std::fs::copy(bin(), &exe).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        (dir, exe)
+    });
+    let dir = config.parent().unwrap();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("--config")
         .arg(config)
         .args(args)
         .env_remove("RUST_LOG")
+        .env("HOME", "/nonexistent")
+        .current_dir("/")
         .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("run glance-sync");
+        .uid(uid)
+        .gid(uid);
+    finish(&mut cmd).await
+}
+
+/// Waits for a prepared glance-sync command and collects what it printed.
+pub async fn finish(cmd: &mut tokio::process::Command) -> SyncRun {
+    let out = cmd.output().await.expect("run glance-sync");
     SyncRun {
         code: out.status.code().unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
+}
+
+/// `[clouds.NAME]` sections for `auth_type = none` clouds at the given URLs, each working as
+/// project `project` when given (real Glance's fakeauth makes a token-less caller admin of
+/// project `admin`).
+pub fn clouds_toml(clouds: &[(&str, &str)], project: Option<&str>) -> String {
+    let mut text = String::new();
+    for (name, url) in clouds {
+        text.push_str(&format!(
+            "[clouds.{name}]\nauth_type = \"none\"\nimage_endpoint_override = \"{url}\"\n"
+        ));
+        if let Some(p) = project {
+            text.push_str(&format!("project_id = \"{p}\"\n"));
+        }
+        text.push('\n');
+    }
+    text
 }
 
 /// `glance-sync plan --format json` parsed.

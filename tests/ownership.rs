@@ -1,0 +1,545 @@
+//! Ownership under many jobs and changing sources, against real Glance: a job touches only the
+//! copies the ledger records for it, never a copy in flight, and the ledger (not a property
+//! anyone can edit) decides what is pruned.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::daemon_proc::{DaemonProc, free_port};
+use support::glance_api::{Api, image_body, random_bytes};
+use support::harness::RealGlance;
+use support::scenario::copies_by_source;
+use support::sync_cli::{clouds_toml, command, glance_sync, plan_json, write_config};
+
+/// Two jobs from `prod` to `dr`: `big` copies images named `big*` on `big_schedule`, `small`
+/// the others on `small_schedule`.
+fn two_jobs(dir: &Path, src: &str, dst: &str, big_schedule: &str, small_schedule: &str) -> PathBuf {
+    let port = free_port();
+    let text = format!(
+        "[state]\npath = \"{}\"\n\n{}[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n\
+         [[jobs]]\nname = \"big\"\nsource = \"prod\"\ntargets = [\"dr\"]\n{big_schedule}\n\
+         [jobs.filter]\ninclude = [\"big*\"]\n\n\
+         [[jobs]]\nname = \"small\"\nsource = \"prod\"\ntargets = [\"dr\"]\n{small_schedule}\n\
+         [jobs.filter]\nexclude = [\"big*\"]\n",
+        dir.join("state.db").display(),
+        clouds_toml(&[("prod", src), ("dr", dst)], None),
+    );
+    let path = dir.join("config.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn metrics_port(config: &Path) -> u16 {
+    let text = std::fs::read_to_string(config).unwrap();
+    let listen = text
+        .lines()
+        .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:"))
+        .unwrap();
+    listen.trim_end_matches('"').parse().unwrap()
+}
+
+/// The copies on `target` of `source`'s images, by source id; panics unless every source image
+/// has exactly one active copy with its size, checksum and multihash, and nothing else is there.
+async fn assert_each_copied_once(source: &Api, target: &Api) {
+    let originals = source.list_all().await;
+    let copies = copies_by_source(target).await;
+    let everything = target.list_all().await;
+    assert_eq!(
+        everything.len(),
+        originals.len(),
+        "one copy per source image and nothing else: {:?}",
+        everything
+            .iter()
+            .map(|i| (&i["name"], &i["status"]))
+            .collect::<Vec<_>>()
+    );
+    for original in &originals {
+        let id = original["id"].as_str().unwrap();
+        let list = copies
+            .get(id)
+            .unwrap_or_else(|| panic!("no copy of {}", original["name"]));
+        assert_eq!(
+            list.len(),
+            1,
+            "{} copied {} times",
+            original["name"],
+            list.len()
+        );
+        assert_eq!(list[0]["status"], "active");
+        for key in ["size", "checksum", "os_hash_value"] {
+            assert_eq!(list[0][key], original[key], "{}: {key}", original["name"]);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs real Glance: run tests/run.sh"]
+async fn a_frequent_job_never_deletes_the_copy_another_job_is_uploading() {
+    let src = RealGlance::start("own-big-src");
+    let dst = RealGlance::start("own-big-dst");
+    let (source, target) = (Api::new(&src.url), Api::new(&dst.url));
+    let big = source
+        .create_streamed(image_body("big-1g", "raw", json!({})), 1 << 30, 1)
+        .await;
+    for i in 0..3 {
+        source
+            .create_with_data(
+                image_body(&format!("small-{i}"), "raw", json!({})),
+                random_bytes(256 * 1024, 10 + i),
+            )
+            .await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = two_jobs(
+        dir.path(),
+        &src.url,
+        &dst.url,
+        "interval = \"1h\"",
+        "interval = \"5s\"",
+    );
+    let mut daemon = DaemonProc::start(&cfg, metrics_port(&cfg)).await;
+    let started = Instant::now();
+    let big_id = big["id"].as_str().unwrap().to_string();
+    daemon
+        .wait_for(
+            Duration::from_secs(240),
+            "the 1 GiB copy to be active",
+            || {
+                let target = &target;
+                let big_id = &big_id;
+                async move {
+                    copies_by_source(target)
+                        .await
+                        .get(big_id.as_str())
+                        .is_some_and(|c| c.iter().any(|c| c["status"] == "active"))
+                }
+            },
+        )
+        .await;
+    let took = started.elapsed();
+    daemon.signal(libc::SIGTERM);
+    daemon.wait_exit(Duration::from_secs(60)).await;
+
+    // `small` ran at least once while `big` was uploading, and deleted nothing.
+    let db = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
+    let (big_start, big_end): (String, String) = db
+        .query_row(
+            "SELECT started_at, finished_at FROM runs WHERE job = 'big' AND result = 'success'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap_or_else(|e| panic!("big's run did not succeed ({e}); log:\n{}", daemon.log()));
+    let overlapping: i64 = db
+        .query_row(
+            "SELECT count(*) FROM runs WHERE job = 'small' AND started_at > ?1 AND started_at < ?2",
+            [&big_start, &big_end],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        overlapping >= 1,
+        "no run of 'small' started during the {took:?} copy of the 1 GiB image: the test proves \
+         nothing (make the image bigger)"
+    );
+    let deletes: Vec<String> = dst
+        .write_requests()
+        .into_iter()
+        .filter(|r| r.starts_with("DELETE"))
+        .collect();
+    assert!(deletes.is_empty(), "deleted on the target: {deletes:?}");
+    assert_each_copied_once(&source, &target).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs real Glance: run tests/run.sh"]
+async fn two_concurrent_jobs_killed_ten_times_end_with_every_image_once_and_verified() {
+    let src = RealGlance::start("own-loop-src");
+    let dst = RealGlance::start("own-loop-dst");
+    let (source, target) = (Api::new(&src.url), Api::new(&dst.url));
+    source
+        .create_streamed(image_body("big-a", "raw", json!({})), 200 << 20, 2)
+        .await;
+    source
+        .create_streamed(
+            image_body("big-b", "raw", json!({"protected": true})),
+            120 << 20,
+            3,
+        )
+        .await;
+    for i in 0..4 {
+        source
+            .create_with_data(
+                image_body(&format!("small-{i}"), "raw", json!({"tags": ["t"]})),
+                random_bytes(3 << 20, 20 + i),
+            )
+            .await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = two_jobs(
+        dir.path(),
+        &src.url,
+        &dst.url,
+        "interval = \"1s\"",
+        "interval = \"1s\"",
+    );
+    let port = metrics_port(&cfg);
+    // SIGKILL at moments spread over listing, creates, uploads and verification of both jobs.
+    let mut killed = 0;
+    for delay_ms in [300u64, 700, 1100, 1500, 1900, 2400, 2900, 3500, 4200, 5000] {
+        let mut daemon = DaemonProc::start(&cfg, port).await;
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        daemon.child.start_kill().unwrap();
+        daemon.child.wait().await.unwrap();
+        killed += 1;
+    }
+    assert_eq!(killed, 10);
+
+    // Then left alone, the daemon brings both jobs to the end.
+    let mut daemon = DaemonProc::start(&cfg, port).await;
+    daemon
+        .wait_for(Duration::from_secs(300), "both jobs in sync", || async {
+            let runs = daemon
+                .metric("glance_sync_runs_total", &[("result", "success")])
+                .await;
+            runs.is_some_and(|n| n >= 1.0)
+                && daemon
+                    .metric(
+                        "glance_sync_runs_total",
+                        &[("job", "big"), ("result", "success")],
+                    )
+                    .await
+                    .is_some_and(|n| n >= 1.0)
+                && daemon
+                    .metric(
+                        "glance_sync_runs_total",
+                        &[("job", "small"), ("result", "success")],
+                    )
+                    .await
+                    .is_some_and(|n| n >= 1.0)
+        })
+        .await;
+    daemon.signal(libc::SIGTERM);
+    let (code, _) = daemon.wait_exit(Duration::from_secs(60)).await;
+    assert_eq!(code, 0, "{}", daemon.log());
+    assert_each_copied_once(&source, &target).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs real Glance: run tests/run.sh"]
+async fn plan_during_a_run_shows_the_copy_in_flight_instead_of_deleting_it() {
+    let src = RealGlance::start("own-fly-src");
+    let dst = RealGlance::start("own-fly-dst");
+    let (source, target) = (Api::new(&src.url), Api::new(&dst.url));
+    let big = source
+        .create_streamed(image_body("big", "raw", json!({})), 768 << 20, 4)
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &[("prod", &src.url), ("dr", &dst.url)],
+        "prod",
+        &["dr"],
+        "",
+    );
+    let mut run = command(&cfg).arg("run").spawn().unwrap();
+    // Wait until the copy exists on the target but is not finished.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let copies = copies_by_source(&target).await;
+        if copies
+            .get(big["id"].as_str().unwrap())
+            .is_some_and(|c| c[0]["status"] != "active")
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the copy never appeared");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let plan = plan_json(&cfg).await;
+    let actions = plan[0]["actions"].as_array().unwrap();
+    assert_eq!(actions.len(), 1, "{plan:#}");
+    assert_eq!(actions[0]["action"], "in_flight", "{plan:#}");
+    assert_eq!(actions[0]["job"], "job");
+    assert!(run.wait().await.unwrap().success());
+    assert_each_copied_once(&source, &target).await;
+}
+
+/// A source image copied once, then `job_lines` set for the next runs.
+async fn copied_once(
+    name: &str,
+    job_lines: &str,
+) -> (
+    RealGlance,
+    RealGlance,
+    Api,
+    Api,
+    tempfile::TempDir,
+    PathBuf,
+    Value,
+) {
+    let src = RealGlance::start(&format!("{name}-src"));
+    let dst = RealGlance::start(&format!("{name}-dst"));
+    let (source, target) = (Api::new(&src.url), Api::new(&dst.url));
+    let img = source
+        .create_with_data(
+            image_body(
+                "reup",
+                "raw",
+                json!({"visibility": "public", "os_distro": "x"}),
+            ),
+            random_bytes(300 * 1024, 7),
+        )
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &[("prod", &src.url), ("dr", &dst.url)],
+        "prod",
+        &["dr"],
+        job_lines,
+    );
+    glance_sync(&cfg, &["run"]).await.assert_code(0);
+    (src, dst, source, target, dir, cfg, img)
+}
+
+fn actions_of(plan: &Value) -> Vec<(String, String)> {
+    plan[0]["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["action"].as_str().unwrap().to_string(),
+                a["source_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs real Glance: run tests/run.sh"]
+async fn a_deleted_and_recreated_source_image_keeps_its_copy_relinked() {
+    for prune in ["hide", "delete"] {
+        let (_src, _dst, source, target, _dir, cfg, old) =
+            copied_once("own-reup", &format!("prune = \"{prune}\"\n")).await;
+        let old_id = old["id"].as_str().unwrap();
+        let copy_id = copies_by_source(&target).await[old_id][0]["id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        source.delete(old_id).await;
+        let new = source
+            .create_with_data(
+                image_body(
+                    "reup",
+                    "raw",
+                    json!({"visibility": "public", "os_distro": "x"}),
+                ),
+                random_bytes(300 * 1024, 7),
+            )
+            .await;
+        let new_id = new["id"].as_str().unwrap().to_string();
+
+        let plan = plan_json(&cfg).await;
+        assert_eq!(
+            actions_of(&plan),
+            [("relink".to_string(), new_id.clone())],
+            "prune = {prune}: {plan:#}"
+        );
+        glance_sync(&cfg, &["run"]).await.assert_code(0);
+        let copy = target.get(&copy_id).await;
+        assert_eq!(copy["os_hidden"], false, "prune = {prune}");
+        assert_eq!(copy["glance_sync_source_id"], new_id.as_str());
+        assert_eq!(target.list_all().await.len(), 1, "no second copy");
+        // Settled: the next plan has nothing to do.
+        let plan = plan_json(&cfg).await;
+        assert_eq!(actions_of(&plan), [("in_sync".to_string(), new_id)]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs real Glance: run tests/run.sh"]
+async fn a_tampered_marker_is_restored_and_the_copy_stays() {
+    let (_src, _dst, _source, target, _dir, cfg, img) =
+        copied_once("own-tamper", "prune = \"delete\"\n").await;
+    let id = img["id"].as_str().unwrap();
+    let copy_id = copies_by_source(&target).await[id][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    target
+        .patch(
+            &copy_id,
+            json!([{"op": "replace", "path": "/glance_sync_source_id", "value": "forged"}]),
+        )
+        .await;
+    let run = glance_sync(&cfg, &["run"]).await;
+    run.assert_code(0);
+    assert!(run.stdout.contains("0 pruned"), "{}", run.stdout);
+    let copy = target.get(&copy_id).await;
+    assert_eq!(copy["glance_sync_source_id"], id);
+    assert_eq!(copy["status"], "active");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs real Glance: run tests/run.sh"]
+async fn hiding_more_copies_than_max_deletes_hides_nothing_and_fails_the_run() {
+    let src = RealGlance::start("own-hide-src");
+    let dst = RealGlance::start("own-hide-dst");
+    let (source, target) = (Api::new(&src.url), Api::new(&dst.url));
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let img = source
+            .create_with_data(
+                image_body(&format!("img-{i}"), "raw", json!({})),
+                random_bytes(64 * 1024, 30 + i),
+            )
+            .await;
+        ids.push(img["id"].as_str().unwrap().to_string());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        dir.path(),
+        &[("prod", &src.url), ("dr", &dst.url)],
+        "prod",
+        &["dr"],
+        "prune = \"hide\"\nmax_deletes = 2\n",
+    );
+    glance_sync(&cfg, &["run"]).await.assert_code(0);
+    // The source suddenly lists nothing.
+    for id in &ids {
+        source.delete(id).await;
+    }
+    let run = glance_sync(&cfg, &["run"]).await;
+    run.assert_code(1);
+    let reason = "3 copies would be hidden, more than max_deletes = 2; nothing is pruned";
+    assert!(run.stdout.contains(reason), "{}", run.stdout);
+    for line in run.stdout.lines().filter(|l| l.contains("FAILED")) {
+        assert_eq!(line.matches(reason).count(), 1, "said once: {line}");
+    }
+    for img in target.list_all().await {
+        assert_eq!(img["os_hidden"], false, "{}", img["name"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs real Glance: run tests/run.sh"]
+async fn a_lost_state_database_is_reported_and_adopt_restores_ownership() {
+    let src = RealGlance::start("own-lost-src");
+    let dst = RealGlance::start("own-lost-dst");
+    let (source, target) = (Api::new(&src.url), Api::new(&dst.url));
+    let mut names = Vec::new();
+    for i in 0..2 {
+        let img = source
+            .create_with_data(
+                image_body(&format!("img-{i}"), "raw", json!({"visibility": "public"})),
+                random_bytes(100 * 1024, 40 + i),
+            )
+            .await;
+        names.push(img["id"].as_str().unwrap().to_string());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    // Both clouds work as project "admin", as fakeauth makes a token-less caller.
+    let text = format!(
+        "[state]\npath = \"{}\"\n\n{}[[jobs]]\nname = \"job\"\nsource = \"prod\"\ntargets = [\"dr\"]\n",
+        state.display(),
+        clouds_toml(&[("prod", &src.url), ("dr", &dst.url)], Some("admin")),
+    );
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, text).unwrap();
+    glance_sync(&cfg, &["run"]).await.assert_code(0);
+    // A tenant forges our marker on an image of its own: never ours to adopt.
+    let tenant = Api::with_token(&dst.url, "mallory:tenant:member,reader");
+    tenant
+        .create_with_data(
+            image_body(
+                "forged",
+                "raw",
+                json!({"glance_sync_source_cloud": "prod", "glance_sync_source_id": names[0]}),
+            ),
+            random_bytes(1000, 49),
+        )
+        .await;
+
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", state.display()));
+    }
+    let warning = "target 'dr': 2 image(s) owned by glance-sync's project carry its marker";
+    let textfile = dir.path().join("metrics.prom");
+    let run = glance_sync(
+        &cfg,
+        &["run", "--metrics-textfile", textfile.to_str().unwrap()],
+    )
+    .await;
+    run.assert_code(0);
+    assert!(run.stderr.contains(warning), "run: {}", run.stderr);
+    let metrics = std::fs::read_to_string(&textfile).unwrap();
+    assert!(
+        metrics.contains("glance_sync_unadopted_images{job=\"job\",target=\"dr\"} 2"),
+        "{metrics}"
+    );
+    let plan = glance_sync(&cfg, &["plan"]).await;
+    assert!(
+        plan.stderr.contains(warning) && plan.stdout.contains("see glance-sync adopt"),
+        "plan: {}{}",
+        plan.stdout,
+        plan.stderr
+    );
+    let status = glance_sync(&cfg, &["status"]).await;
+    assert!(
+        status
+            .stderr
+            .contains("target 'dr': 2 image(s) owned by glance-sync's project"),
+        "status: {}",
+        status.stderr
+    );
+
+    // Without --yes: a list, and nothing changes.
+    let listed = glance_sync(&cfg, &["adopt"]).await;
+    listed.assert_code(0);
+    assert!(
+        listed.stdout.contains("adopt: copy of source image") && !listed.stdout.contains("forged"),
+        "{}",
+        listed.stdout
+    );
+    assert!(
+        listed.stdout.contains("nothing changed"),
+        "{}",
+        listed.stdout
+    );
+    assert!(glance_sync(&cfg, &["plan"]).await.stderr.contains(warning));
+
+    let adopted = glance_sync(&cfg, &["adopt", "--yes"]).await;
+    adopted.assert_code(0);
+    assert!(
+        adopted.stdout.contains("2 image(s) recorded in the ledger"),
+        "{}",
+        adopted.stdout
+    );
+    // Ours again: a renamed source image renames its copy instead of getting a second one.
+    source
+        .patch(
+            &names[0],
+            json!([{"op": "replace", "path": "/name", "value": "renamed"}]),
+        )
+        .await;
+    let run = glance_sync(&cfg, &["run"]).await;
+    run.assert_code(0);
+    assert!(!run.stderr.contains("carry its marker"), "{}", run.stderr);
+    let copies = copies_by_source(&target).await;
+    assert_eq!(
+        copies[&names[0]].len(),
+        2,
+        "ours, plus the tenant's forgery"
+    );
+    assert!(
+        copies[&names[0]]
+            .iter()
+            .any(|c| c["name"] == "renamed" && c["owner"] == "admin")
+    );
+    assert_eq!(target.list_all().await.len(), 3);
+}
