@@ -141,7 +141,7 @@ pub fn main() -> ExitCode {
             let message = error_chain(&f.error);
             match log_format {
                 LogFormat::Json => tracing::error!("{message}"),
-                LogFormat::Text => eprintln!("glance-sync: {}", escape(&message)),
+                LogFormat::Text => eprintln!("glance-sync: {}", terminal::escape_lines(&message)),
             }
             ExitCode::from(f.code)
         }

@@ -43,6 +43,12 @@ pub fn escape(text: &str) -> String {
     out
 }
 
+/// [`escape`] line by line: for multi-line messages whose layout matters (a TOML error points at
+/// the column under the line it quotes).
+pub fn escape_lines(text: &str) -> String {
+    text.split('\n').map(escape).collect::<Vec<_>>().join("\n")
+}
+
 /// An image name for a table cell: escaped, and cut to [`TABLE_NAME_CHARS`] with `…`.
 pub fn table_name(name: &str) -> String {
     let escaped = escape(name);
@@ -143,6 +149,7 @@ mod tests {
             "evil\\u{1b}[2J\\u{7}\\u{d}\\u{0}name\\u{202e}txt.exe"
         );
         assert_eq!(escape("Ubuntu — 日本語 ✓"), "Ubuntu — 日本語 ✓");
+        assert_eq!(escape_lines("a\u{1b}\n  ^ here"), "a\\u{1b}\n  ^ here");
     }
 
     #[test]

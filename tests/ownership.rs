@@ -123,11 +123,13 @@ async fn a_frequent_job_never_deletes_the_copy_another_job_is_uploading() {
     daemon.signal(libc::SIGTERM);
     daemon.wait_exit(Duration::from_secs(60)).await;
 
-    // `small` ran at least once while `big` was uploading, and deleted nothing.
+    // `small` planned at least once while `big`'s copy existed unfinished on the target, and
+    // deleted nothing.
     let db = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
-    let (big_start, big_end): (String, String) = db
+    let (created, big_end): (String, String) = db
         .query_row(
-            "SELECT started_at, finished_at FROM runs WHERE job = 'big' AND result = 'success'",
+            "SELECT o.created_at, r.finished_at FROM owned_images o, runs r
+             WHERE o.job = 'big' AND r.job = 'big' AND r.result = 'success'",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
@@ -135,14 +137,31 @@ async fn a_frequent_job_never_deletes_the_copy_another_job_is_uploading() {
     let overlapping: i64 = db
         .query_row(
             "SELECT count(*) FROM runs WHERE job = 'small' AND started_at > ?1 AND started_at < ?2",
-            [&big_start, &big_end],
+            [&created, &big_end],
             |r| r.get(0),
         )
         .unwrap();
+    eprintln!("1 GiB copy: created {created}, its run finished {big_end}; seen after {took:?}");
+    let runs: Vec<String> = db
+        .prepare("SELECT job, started_at, finished_at, result FROM runs ORDER BY id")
+        .unwrap()
+        .query_map([], |r| {
+            Ok(format!(
+                "{} {} {:?} {}",
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, String>(3)?
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
     assert!(
         overlapping >= 1,
-        "no run of 'small' started during the {took:?} copy of the 1 GiB image: the test proves \
-         nothing (make the image bigger)"
+        "no run of 'small' started while the 1 GiB copy was uploading ({created} to {big_end}): \
+         the test proves nothing (make the image bigger); runs: {runs:#?}\n{}",
+        daemon.log()
     );
     let deletes: Vec<String> = dst
         .write_requests()

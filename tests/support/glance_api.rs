@@ -14,7 +14,13 @@ impl Api {
     pub fn new(url: &str) -> Api {
         Api {
             url: url.trim_end_matches('/').to_string(),
-            http: reqwest::Client::new(),
+            // No idle keep-alive connections: the harness's uWSGI serves a connection with one
+            // of its few threads until it closes, so a test's idle connection could starve
+            // glance-sync (or the test itself) of Glance threads for reqwest's 90 s idle timeout.
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap(),
             token: None,
         }
     }
