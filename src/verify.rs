@@ -240,21 +240,50 @@ impl StreamHasher {
 /// Lowers the calling thread's priority to nice value `nice`, never raising it: a process that
 /// already runs at a higher nice (systemd `Nice=`) keeps its own. Linux keeps a nice value per
 /// thread; elsewhere setpriority would lower the whole process, so this does nothing there.
+/// A failure costs only speed, so hashing goes on at the thread's priority; the cause (a sandbox,
+/// a missing permission) is the same for every thread, so it is logged once per process.
 #[cfg(target_os = "linux")]
 fn lower_this_thread_priority(nice: i32) {
-    // SAFETY: getpriority and setpriority only read their arguments; `who` 0 is the calling
-    // thread on Linux.
-    let current = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+    if let Err(e) = try_lower_this_thread_priority(nice) {
+        PRIORITY_WARNING.call_once(|| {
+            tracing::warn!(
+                "could not lower the hashing threads' priority to nice {nice} ([transfer] \
+                 hashing_nice): {e}; hashing runs at normal priority, which slows copies when the \
+                 cores are busy. Under a systemd SystemCallFilter=, allow setpriority (as \
+                 deploy/systemd does)"
+            )
+        });
+    }
+}
+
+/// Done once a hashing thread failed to lower its priority and said so.
+#[cfg(target_os = "linux")]
+static PRIORITY_WARNING: std::sync::Once = std::sync::Once::new();
+
+#[cfg(target_os = "linux")]
+fn try_lower_this_thread_priority(nice: i32) -> std::io::Result<()> {
+    // getpriority answers -1 both for nice -1 and for a failure: only errno tells them apart.
+    // SAFETY: __errno_location points at this thread's errno; getpriority and setpriority only
+    // read their arguments; `who` 0 is the calling thread on Linux.
+    let current = unsafe {
+        *libc::__errno_location() = 0;
+        libc::getpriority(libc::PRIO_PROCESS, 0)
+    };
+    if current == -1 {
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() != Some(0) {
+            // Without the current value, setting one could raise the priority instead.
+            return Err(err);
+        }
+    }
     if nice <= current {
-        return;
+        return Ok(());
     }
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) };
-    if rc != 0 {
-        tracing::debug!(
-            "could not lower the hashing thread's priority to nice {nice}: {}",
-            std::io::Error::last_os_error()
-        );
+    // SAFETY: as above.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
+        return Err(std::io::Error::last_os_error());
     }
+    Ok(())
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -437,6 +466,61 @@ mod tests {
         );
         let d = h.finish().await;
         assert_eq!(d.md5, "900150983cd24fb0d6963f7d28e17f72");
+    }
+
+    /// What a systemd unit whose SystemCallFilter= denies the priority calls, with
+    /// SystemCallErrorNumber=EPERM, does to the hashing threads: the calls fail with EPERM. That
+    /// may cost speed, never the copy: no panic, right digests.
+    #[cfg(all(
+        target_os = "linux",
+        any(
+            target_arch = "x86_64",
+            target_arch = "aarch64",
+            target_arch = "riscv64"
+        )
+    ))]
+    #[test]
+    fn hashing_goes_on_when_a_sandbox_refuses_the_priority_calls_with_eperm() {
+        use seccompiler::{BpfProgram, SeccompAction, SeccompFilter};
+
+        let denials: [&[i64]; 2] = [
+            &[libc::SYS_setpriority],
+            &[libc::SYS_getpriority, libc::SYS_setpriority],
+        ];
+        for denied in denials {
+            let filter = SeccompFilter::new(
+                denied.iter().map(|&nr| (nr, vec![])).collect(),
+                SeccompAction::Allow,
+                SeccompAction::Errno(libc::EPERM as u32),
+                std::env::consts::ARCH.try_into().unwrap(),
+            )
+            .unwrap();
+            let program = BpfProgram::try_from(filter).unwrap();
+            // A filter binds the thread that installs it and the threads it starts (the hashing
+            // threads), not the rest of the test process.
+            std::thread::spawn(move || {
+                seccompiler::apply_filter(&program).expect("install the seccomp filter");
+                let err = try_lower_this_thread_priority(19)
+                    .expect_err("the filter must make lowering the priority fail");
+                assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{denied:?}: {err}");
+                let d = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap()
+                    .block_on(async {
+                        let mut h = StreamHasher::start("sha512", 19);
+                        h.feed(Bytes::from_static(b"abc")).await;
+                        h.finish().await
+                    });
+                assert_eq!(d.md5, "900150983cd24fb0d6963f7d28e17f72");
+                assert!(d.value.starts_with("ddaf35a193617aba"), "{}", d.value);
+                assert!(
+                    PRIORITY_WARNING.is_completed(),
+                    "the failure was not logged"
+                );
+            })
+            .join()
+            .unwrap_or_else(|_| panic!("hashing under a filter denying {denied:?} panicked"));
+        }
     }
 
     #[tokio::test]
