@@ -18,8 +18,6 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::str::FromStr;
@@ -33,7 +31,7 @@ use serde_json::json;
 use support::glance_api::{Api, image_body, random_bytes};
 use support::harness::{RealGlance, repo_root};
 use support::scenario::copies_by_source;
-use support::sync_cli::{SyncRun, write_config};
+use support::sync_cli::{SyncRun, bin_for_any_user, finish, write_config};
 
 const UNITS: [&str; 2] = ["glance-sync.service", "glance-sync-run.service"];
 
@@ -447,19 +445,12 @@ fn require_root() {
 /// directory (with the config) owned by the service's user, so that no path permission of the
 /// test's own checkout decides the outcome.
 struct Service {
-    _bin_dir: tempfile::TempDir,
-    binary: PathBuf,
     _state_dir: tempfile::TempDir,
     config: PathBuf,
 }
 
 impl Service {
     fn install(source_url: &str, target_url: &str) -> Service {
-        let bin_dir = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let binary = bin_dir.path().join("glance-sync");
-        std::fs::copy(env!("CARGO_BIN_EXE_glance-sync"), &binary).unwrap();
-        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
         let state_dir = tempfile::tempdir().unwrap();
         // The hashing threads' priority call is what the units' old filter killed: ask for it.
         let config = write_config(
@@ -473,8 +464,6 @@ impl Service {
             std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY)).unwrap();
         }
         Service {
-            _bin_dir: bin_dir,
-            binary,
             _state_dir: state_dir,
             config,
         }
@@ -483,7 +472,7 @@ impl Service {
     /// `glance-sync --config CONFIG run` as systemd starts the unit: as user nobody, with
     /// no_new_privs and the seccomp programs installed in the child just before exec.
     async fn run_sandboxed(&self, programs: Vec<BpfProgram>) -> SyncRun {
-        let mut cmd = tokio::process::Command::new(&self.binary);
+        let mut cmd = tokio::process::Command::new(bin_for_any_user());
         cmd.arg("--config")
             .arg(&self.config)
             .arg("run")
@@ -506,20 +495,7 @@ impl Service {
                 Ok(())
             });
         }
-        let out = cmd
-            .output()
-            .await
-            .unwrap_or_else(|e| panic!("cannot start glance-sync in the sandbox: {e}"));
-        // A process killed by signal N gets 128 + N, as a shell (and systemd's log) reports it.
-        SyncRun {
-            code: out
-                .status
-                .code()
-                .or_else(|| out.status.signal().map(|s| 128 + s))
-                .unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        finish(&mut cmd).await
     }
 }
 

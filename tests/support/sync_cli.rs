@@ -74,9 +74,9 @@ pub async fn glance_sync(config: &Path, args: &[&str]) -> SyncRun {
     finish(command(config).args(args)).await
 }
 
-/// The same as another user (uid = gid = `uid`): the binary is copied where that user can run it,
-/// and the config's directory is made readable to it.
-pub async fn glance_sync_as(uid: u32, config: &Path, args: &[&str]) -> SyncRun {
+/// The binary, copied once per test process into a directory anyone may read, so that another
+/// user can run it whatever the permissions of the checkout it was built in.
+pub fn bin_for_any_user() -> &'static Path {
     use std::os::unix::fs::PermissionsExt;
     static BIN: std::sync::OnceLock<(tempfile::TempDir, PathBuf)> = std::sync::OnceLock::new();
     let (_, exe) = BIN.get_or_init(|| {
@@ -87,10 +87,16 @@ pub async fn glance_sync_as(uid: u32, config: &Path, args: &[&str]) -> SyncRun {
         std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
         (dir, exe)
     });
+    exe
+}
+
+/// The same as another user (uid = gid = `uid`), with the config's directory made readable to it.
+pub async fn glance_sync_as(uid: u32, config: &Path, args: &[&str]) -> SyncRun {
+    use std::os::unix::fs::PermissionsExt;
     let dir = config.parent().unwrap();
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(config, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let mut cmd = tokio::process::Command::new(exe);
+    let mut cmd = tokio::process::Command::new(bin_for_any_user());
     cmd.arg("--config")
         .arg(config)
         .args(args)
@@ -103,11 +109,20 @@ pub async fn glance_sync_as(uid: u32, config: &Path, args: &[&str]) -> SyncRun {
     finish(&mut cmd).await
 }
 
-/// Waits for a prepared glance-sync command and collects what it printed.
+/// Waits for a prepared glance-sync command and collects what it printed. A process killed by
+/// signal N gets code 128 + N, as a shell (and systemd's log) reports it.
 pub async fn finish(cmd: &mut tokio::process::Command) -> SyncRun {
-    let out = cmd.output().await.expect("run glance-sync");
+    use std::os::unix::process::ExitStatusExt;
+    let out = cmd
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot start glance-sync: {e}"));
     SyncRun {
-        code: out.status.code().unwrap_or(-1),
+        code: out
+            .status
+            .code()
+            .or_else(|| out.status.signal().map(|s| 128 + s))
+            .unwrap_or(-1),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
