@@ -76,6 +76,16 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     for job in &config.jobs {
         metrics.set_image_counts(&job.name, &state.replica_counts(&job.name)?);
     }
+    // What the last runs saw, until the next run counts again.
+    for u in state.unadopted()? {
+        if config
+            .jobs
+            .iter()
+            .any(|j| j.name == u.job && j.targets.contains(&u.target))
+        {
+            metrics.set_unadopted(&u.job, &u.target, u.images);
+        }
+    }
     let addr = config.daemon.metrics_listen;
     let listener = tokio::net::TcpListener::bind(addr)
         .await

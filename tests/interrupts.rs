@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use support::glance_api::{Api, image_body, random_bytes};
 use support::harness::RealGlance;
-use support::scenario::copies_by_source;
+use support::real_pair::RealPair;
 use support::sync_cli::{command, write_config};
 
 /// A TCP server that accepts connections and never answers: a Glance that hangs.
@@ -96,34 +96,18 @@ async fn a_signal_while_listing_ends_run_and_plan_at_once_with_128_plus_the_sign
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs real Glance: run tests/run.sh"]
 async fn sigterm_during_a_copy_deletes_the_half_made_copy_then_exits_143() {
-    let src = RealGlance::start("int-copy-src");
-    let dst = RealGlance::start("int-copy-dst");
-    let (source, target) = (Api::new(&src.url), Api::new(&dst.url));
-    let img = source
+    let pair = RealPair::start("int-copy", "");
+    let img = pair
+        .source
         .create_streamed(image_body("big", "raw", json!({})), 768 << 20, 2)
         .await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &[("prod", &src.url), ("dr", &dst.url)],
-        "prod",
-        &["dr"],
-        "",
-    );
-    let child = command(&cfg)
+    let child = command(&pair.cfg)
         .arg("run")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !copies_by_source(&target)
-        .await
-        .contains_key(img["id"].as_str().unwrap())
-    {
-        assert!(Instant::now() < deadline, "the copy never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    pair.wait_for_copy(img["id"].as_str().unwrap()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     send(&child, libc::SIGTERM);
     let out = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
@@ -137,7 +121,7 @@ async fn sigterm_during_a_copy_deletes_the_half_made_copy_then_exits_143() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        target.list_all().await.is_empty(),
+        pair.target.list_all().await.is_empty(),
         "the half-made copy is deleted before exiting"
     );
 }

@@ -11,8 +11,9 @@ use serde_json::{Value, json};
 use support::daemon_proc::{DaemonProc, free_port};
 use support::glance_api::{Api, image_body, random_bytes};
 use support::harness::RealGlance;
+use support::real_pair::RealPair;
 use support::scenario::copies_by_source;
-use support::sync_cli::{clouds_toml, command, glance_sync, plan_json, write_config};
+use support::sync_cli::{clouds_toml, command, glance_sync, plan_json};
 
 /// Two jobs from `prod` to `dr`: `big` copies images named `big*` on `big_schedule`, `small`
 /// the others on `small_schedule`.
@@ -249,60 +250,27 @@ async fn two_concurrent_jobs_killed_ten_times_end_with_every_image_once_and_veri
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs real Glance: run tests/run.sh"]
 async fn plan_during_a_run_shows_the_copy_in_flight_instead_of_deleting_it() {
-    let src = RealGlance::start("own-fly-src");
-    let dst = RealGlance::start("own-fly-dst");
-    let (source, target) = (Api::new(&src.url), Api::new(&dst.url));
-    let big = source
+    let pair = RealPair::start("own-fly", "");
+    let big = pair
+        .source
         .create_streamed(image_body("big", "raw", json!({})), 768 << 20, 4)
         .await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &[("prod", &src.url), ("dr", &dst.url)],
-        "prod",
-        &["dr"],
-        "",
-    );
-    let mut run = command(&cfg).arg("run").spawn().unwrap();
-    // Wait until the copy exists on the target but is not finished.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let copies = copies_by_source(&target).await;
-        if copies
-            .get(big["id"].as_str().unwrap())
-            .is_some_and(|c| c[0]["status"] != "active")
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the copy never appeared");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let plan = plan_json(&cfg).await;
+    let mut run = command(&pair.cfg).arg("run").spawn().unwrap();
+    pair.wait_for_copy(big["id"].as_str().unwrap()).await;
+    let plan = plan_json(&pair.cfg).await;
     let actions = plan[0]["actions"].as_array().unwrap();
     assert_eq!(actions.len(), 1, "{plan:#}");
     assert_eq!(actions[0]["action"], "in_flight", "{plan:#}");
     assert_eq!(actions[0]["job"], "job");
     assert!(run.wait().await.unwrap().success());
-    assert_each_copied_once(&source, &target).await;
+    assert_each_copied_once(&pair.source, &pair.target).await;
 }
 
-/// A source image copied once, then `job_lines` set for the next runs.
-async fn copied_once(
-    name: &str,
-    job_lines: &str,
-) -> (
-    RealGlance,
-    RealGlance,
-    Api,
-    Api,
-    tempfile::TempDir,
-    PathBuf,
-    Value,
-) {
-    let src = RealGlance::start(&format!("{name}-src"));
-    let dst = RealGlance::start(&format!("{name}-dst"));
-    let (source, target) = (Api::new(&src.url), Api::new(&dst.url));
-    let img = source
+/// A pair where image `reup` was copied once, with `job_lines` in the job; returns the image.
+async fn copied_once(name: &str, job_lines: &str) -> (RealPair, Value) {
+    let pair = RealPair::start(name, job_lines);
+    let img = pair
+        .source
         .create_with_data(
             image_body(
                 "reup",
@@ -312,16 +280,8 @@ async fn copied_once(
             random_bytes(300 * 1024, 7),
         )
         .await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &[("prod", &src.url), ("dr", &dst.url)],
-        "prod",
-        &["dr"],
-        job_lines,
-    );
-    glance_sync(&cfg, &["run"]).await.assert_code(0);
-    (src, dst, source, target, dir, cfg, img)
+    glance_sync(&pair.cfg, &["run"]).await.assert_code(0);
+    (pair, img)
 }
 
 fn actions_of(plan: &Value) -> Vec<(String, String)> {
@@ -342,10 +302,10 @@ fn actions_of(plan: &Value) -> Vec<(String, String)> {
 #[ignore = "needs real Glance: run tests/run.sh"]
 async fn a_deleted_and_recreated_source_image_keeps_its_copy_relinked() {
     for prune in ["hide", "delete"] {
-        let (_src, _dst, source, target, _dir, cfg, old) =
-            copied_once("own-reup", &format!("prune = \"{prune}\"\n")).await;
+        let (pair, old) = copied_once("own-reup", &format!("prune = \"{prune}\"\n")).await;
+        let (source, target, cfg) = (&pair.source, &pair.target, &pair.cfg);
         let old_id = old["id"].as_str().unwrap();
-        let copy_id = copies_by_source(&target).await[old_id][0]["id"]
+        let copy_id = copies_by_source(target).await[old_id][0]["id"]
             .as_str()
             .unwrap()
             .to_string();
@@ -362,19 +322,19 @@ async fn a_deleted_and_recreated_source_image_keeps_its_copy_relinked() {
             .await;
         let new_id = new["id"].as_str().unwrap().to_string();
 
-        let plan = plan_json(&cfg).await;
+        let plan = plan_json(cfg).await;
         assert_eq!(
             actions_of(&plan),
             [("relink".to_string(), new_id.clone())],
             "prune = {prune}: {plan:#}"
         );
-        glance_sync(&cfg, &["run"]).await.assert_code(0);
+        glance_sync(cfg, &["run"]).await.assert_code(0);
         let copy = target.get(&copy_id).await;
         assert_eq!(copy["os_hidden"], false, "prune = {prune}");
         assert_eq!(copy["glance_sync_source_id"], new_id.as_str());
         assert_eq!(target.list_all().await.len(), 1, "no second copy");
         // Settled: the next plan has nothing to do.
-        let plan = plan_json(&cfg).await;
+        let plan = plan_json(cfg).await;
         assert_eq!(actions_of(&plan), [("in_sync".to_string(), new_id)]);
     }
 }
@@ -382,10 +342,10 @@ async fn a_deleted_and_recreated_source_image_keeps_its_copy_relinked() {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs real Glance: run tests/run.sh"]
 async fn a_tampered_marker_is_restored_and_the_copy_stays() {
-    let (_src, _dst, _source, target, _dir, cfg, img) =
-        copied_once("own-tamper", "prune = \"delete\"\n").await;
+    let (pair, img) = copied_once("own-tamper", "prune = \"delete\"\n").await;
+    let (target, cfg) = (&pair.target, &pair.cfg);
     let id = img["id"].as_str().unwrap();
-    let copy_id = copies_by_source(&target).await[id][0]["id"]
+    let copy_id = copies_by_source(target).await[id][0]["id"]
         .as_str()
         .unwrap()
         .to_string();
@@ -395,7 +355,7 @@ async fn a_tampered_marker_is_restored_and_the_copy_stays() {
             json!([{"op": "replace", "path": "/glance_sync_source_id", "value": "forged"}]),
         )
         .await;
-    let run = glance_sync(&cfg, &["run"]).await;
+    let run = glance_sync(cfg, &["run"]).await;
     run.assert_code(0);
     assert!(run.stdout.contains("0 pruned"), "{}", run.stdout);
     let copy = target.get(&copy_id).await;
@@ -406,9 +366,8 @@ async fn a_tampered_marker_is_restored_and_the_copy_stays() {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs real Glance: run tests/run.sh"]
 async fn hiding_more_copies_than_max_deletes_hides_nothing_and_fails_the_run() {
-    let src = RealGlance::start("own-hide-src");
-    let dst = RealGlance::start("own-hide-dst");
-    let (source, target) = (Api::new(&src.url), Api::new(&dst.url));
+    let pair = RealPair::start("own-hide", "prune = \"hide\"\nmax_deletes = 2\n");
+    let (source, target, cfg) = (&pair.source, &pair.target, &pair.cfg);
     let mut ids = Vec::new();
     for i in 0..3 {
         let img = source
@@ -419,20 +378,12 @@ async fn hiding_more_copies_than_max_deletes_hides_nothing_and_fails_the_run() {
             .await;
         ids.push(img["id"].as_str().unwrap().to_string());
     }
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &[("prod", &src.url), ("dr", &dst.url)],
-        "prod",
-        &["dr"],
-        "prune = \"hide\"\nmax_deletes = 2\n",
-    );
-    glance_sync(&cfg, &["run"]).await.assert_code(0);
+    glance_sync(cfg, &["run"]).await.assert_code(0);
     // The source suddenly lists nothing.
     for id in &ids {
         source.delete(id).await;
     }
-    let run = glance_sync(&cfg, &["run"]).await;
+    let run = glance_sync(cfg, &["run"]).await;
     run.assert_code(1);
     let reason = "3 copies would be hidden, more than max_deletes = 2; nothing is pruned";
     assert!(run.stdout.contains(reason), "{}", run.stdout);

@@ -6,12 +6,11 @@ mod support;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use serde_json::json;
 use support::glance_api::{Api, image_body, random_bytes};
 use support::harness::RealGlance;
-use support::scenario::copies_by_source;
+use support::real_pair::RealPair;
 use support::sync_cli::{command, glance_sync, glance_sync_as, write_config};
 
 /// The user a monitoring account would be: may read, may not write.
@@ -50,27 +49,19 @@ fn assert_reads_state(run: &support::sync_cli::SyncRun, what: &str) {
 #[ignore = "needs real Glance: run tests/run.sh"]
 async fn plan_and_status_work_for_a_user_who_cannot_write_the_database() {
     require_root();
-    let src = RealGlance::start("sa-ro-src");
-    let dst = RealGlance::start("sa-ro-dst");
-    Api::new(&src.url)
+    let pair = RealPair::start("sa-ro", "");
+    pair.source
         .create_with_data(image_body("img", "raw", json!({})), random_bytes(4096, 1))
         .await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &[("prod", &src.url), ("dr", &dst.url)],
-        "prod",
-        &["dr"],
-        "",
-    );
-    glance_sync(&cfg, &["run"]).await.assert_code(0);
+    let (dir, cfg) = (&pair.dir, &pair.cfg);
+    glance_sync(cfg, &["run"]).await.assert_code(0);
     read_only_for_others(dir.path());
 
     // After a clean run only the database file is left (SQLite removes -wal and -shm).
-    let status = glance_sync_as(NOBODY, &cfg, &["status"]).await;
+    let status = glance_sync_as(NOBODY, cfg, &["status"]).await;
     assert_reads_state(&status, "status");
     assert!(status.stdout.contains("success"), "{}", status.stdout);
-    let plan = glance_sync_as(NOBODY, &cfg, &["plan"]).await;
+    let plan = glance_sync_as(NOBODY, cfg, &["plan"]).await;
     assert_reads_state(&plan, "plan");
     assert!(plan.stdout.contains("in sync"), "{}", plan.stdout);
 
@@ -81,10 +72,10 @@ async fn plan_and_status_work_for_a_user_who_cannot_write_the_database() {
         .unwrap();
     read_only_for_others(dir.path());
     assert_reads_state(
-        &glance_sync_as(NOBODY, &cfg, &["status"]).await,
+        &glance_sync_as(NOBODY, cfg, &["status"]).await,
         "status (WAL)",
     );
-    assert_reads_state(&glance_sync_as(NOBODY, &cfg, &["plan"]).await, "plan (WAL)");
+    assert_reads_state(&glance_sync_as(NOBODY, cfg, &["plan"]).await, "plan (WAL)");
     drop(writer);
 
     // A restore from a backup: the database file alone, in a directory nobody may write.
@@ -95,16 +86,16 @@ async fn plan_and_status_work_for_a_user_who_cannot_write_the_database() {
     )
     .unwrap();
     read_only_for_others(restored.path());
-    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+    let text = std::fs::read_to_string(cfg).unwrap().replace(
         &dir.path().join("state.db").display().to_string(),
         &restored.path().join("state.db").display().to_string(),
     );
-    std::fs::write(&cfg, text).unwrap();
+    std::fs::write(cfg, text).unwrap();
     assert_reads_state(
-        &glance_sync_as(NOBODY, &cfg, &["status"]).await,
+        &glance_sync_as(NOBODY, cfg, &["status"]).await,
         "status (restored)",
     );
-    let plan = glance_sync_as(NOBODY, &cfg, &["plan"]).await;
+    let plan = glance_sync_as(NOBODY, cfg, &["plan"]).await;
     assert_reads_state(&plan, "plan (restored)");
     assert!(plan.stdout.contains("in sync"), "{}", plan.stdout);
 }
@@ -197,35 +188,20 @@ async fn a_full_disk_is_reported_as_disk_full_with_the_path() {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs real Glance: run tests/run.sh"]
 async fn a_killed_run_shows_as_abandoned_not_running() {
-    let src = RealGlance::start("sa-kill-src");
-    let dst = RealGlance::start("sa-kill-dst");
-    let img = Api::new(&src.url)
+    let pair = RealPair::start("sa-kill", "");
+    let img = pair
+        .source
         .create_streamed(image_body("big", "raw", json!({})), 512 << 20, 4)
         .await;
-    let target = Api::new(&dst.url);
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
-        dir.path(),
-        &[("prod", &src.url), ("dr", &dst.url)],
-        "prod",
-        &["dr"],
-        "",
-    );
-    let mut child = command(&cfg).arg("run").spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !copies_by_source(&target)
-        .await
-        .contains_key(img["id"].as_str().unwrap())
-    {
-        assert!(Instant::now() < deadline, "the copy never started");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let status = glance_sync(&cfg, &["status", "--format", "json"]).await;
+    let cfg = &pair.cfg;
+    let mut child = command(cfg).arg("run").spawn().unwrap();
+    pair.wait_for_copy(img["id"].as_str().unwrap()).await;
+    let status = glance_sync(cfg, &["status", "--format", "json"]).await;
     let json: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
     assert_eq!(json["runs"][0]["result"], "running", "while it runs");
     child.start_kill().unwrap(); // SIGKILL: no chance to record anything
     child.wait().await.unwrap();
-    let status = glance_sync(&cfg, &["status"]).await;
+    let status = glance_sync(cfg, &["status"]).await;
     status.assert_code(0);
     assert!(status.stdout.contains("abandoned"), "{}", status.stdout);
     assert!(!status.stdout.contains("running"), "{}", status.stdout);

@@ -6,5 +6,6 @@ pub mod fake_glance;
 pub mod glance_api;
 pub mod harness;
 pub mod keystone;
+pub mod real_pair;
 pub mod scenario;
 pub mod sync_cli;
