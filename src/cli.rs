@@ -77,6 +77,10 @@ enum Command {
     Adopt {
         #[arg(long = "job")]
         jobs: Vec<String>,
+        /// Take over instead the copies the state database records for job OLD (a job that was
+        /// renamed), from the same source cloud; needs exactly one --job.
+        #[arg(long, value_name = "OLD")]
+        from_job: Option<String>,
         /// Record the adoptable images in the ledger. Without it nothing changes.
         #[arg(long)]
         yes: bool,
@@ -204,7 +208,16 @@ async fn dispatch(cli: Cli, progress: Progress) -> Result<ExitCode, Failure> {
         Command::Plan { jobs, format } => plan(&config, &jobs, format).await,
         Command::Status { format } => status(&config, format),
         Command::Check => check(&config).await,
-        Command::Adopt { jobs, yes } => adopt(&config, &jobs, yes).await,
+        Command::Adopt {
+            jobs,
+            from_job: Some(old),
+            yes,
+        } => adopt_renamed(&config, &jobs, &old, yes),
+        Command::Adopt {
+            jobs,
+            from_job: None,
+            yes,
+        } => adopt(&config, &jobs, yes).await,
     }
 }
 
@@ -277,6 +290,7 @@ async fn run(
     let interrupt = Interrupt::watch()?;
     let cancel = interrupt.cancel.clone();
     let state = State::open(&config.state_path).map_err(usage)?;
+    glance_sync::engine::warn_jobs_not_in_config(config, &state).map_err(failed)?;
     let mut all_ok = true;
     for job in &jobs {
         if cancel.is_cancelled() {
@@ -320,6 +334,7 @@ fn summary_line(r: &JobReport, seconds: f64) -> String {
         matches!(
             k,
             ActionKind::UpdateMetadata { .. }
+                | ActionKind::Relink { .. }
                 | ActionKind::Deactivate { .. }
                 | ActionKind::Reactivate { .. }
         )
@@ -359,9 +374,12 @@ async fn plan(config: &Config, jobs: &[String], format: Format) -> Result<ExitCo
     let interrupt = Interrupt::watch()?;
     let engine = Engine::new(config, Progress::default(), Metrics::new()).map_err(usage)?;
     let state = State::open_read_only(&config.state_path).map_err(failed)?;
-    let ledger = match &state {
-        Some(s) => s.ledger().map_err(failed)?,
-        None => Ledger::default(),
+    if let Some(state) = &state {
+        glance_sync::engine::warn_jobs_not_in_config(config, state).map_err(failed)?;
+    }
+    let ledger = || match &state {
+        Some(s) => s.ledger(),
+        None => Ok(Ledger::default()),
     };
     let planning = async {
         let mut plans: Vec<JobPlan> = Vec::new();
@@ -450,13 +468,15 @@ async fn adopt(config: &Config, jobs: &[String], yes: bool) -> Result<ExitCode, 
         None => State::open_read_only(&config.state_path).map_err(failed)?,
     };
     let mut adoptable_total = 0;
+    let mut unreachable = false;
     for job in &jobs {
         // Read again per job: an image adopted for one job is no longer unadopted for the next.
-        let ledger = match writer.as_ref().or(reader.as_ref()) {
-            Some(s) => s.ledger().map_err(failed)?,
-            None => Ledger::default(),
+        let ledger = || match writer.as_ref().or(reader.as_ref()) {
+            Some(s) => s.ledger(),
+            None => Ok(Ledger::default()),
         };
         let (p, _) = engine.plan_job(job, &ledger).await.map_err(failed)?;
+        unreachable |= !p.unreachable_targets.is_empty();
         for u in &p.unreachable_targets {
             println!("  target {} not reached: {}", u.target, escape(&u.error));
         }
@@ -512,6 +532,53 @@ async fn adopt(config: &Config, jobs: &[String], yes: bool) -> Result<ExitCode, 
             "nothing changed: run again with --yes to record the {adoptable_total} adoptable image(s)"
         );
     }
+    Ok(ExitCode::from(if unreachable { 1 } else { 0 }))
+}
+
+/// `adopt --from-job OLD --job NEW`: a renamed job takes over the copies of its old name.
+fn adopt_renamed(
+    config: &Config,
+    jobs: &[String],
+    old: &str,
+    yes: bool,
+) -> Result<ExitCode, Failure> {
+    let [job] = config.select_jobs(jobs).map_err(usage)?.try_into().map_err(|_| {
+        usage(anyhow::anyhow!(
+            "--from-job {old} gives the copies of one old job to one job: name it with exactly one --job"
+        ))
+    })?;
+    if config.jobs.iter().any(|j| j.name == old) {
+        return Err(usage(anyhow::anyhow!(
+            "job '{old}' is still in {}: its copies are its own; remove or rename it first",
+            config.path.display()
+        )));
+    }
+    let recorded: u64 = match State::open_read_only(&config.state_path).map_err(failed)? {
+        Some(s) => s
+            .ledger_jobs()
+            .map_err(failed)?
+            .into_iter()
+            .filter(|(j, cloud, _)| j == old && *cloud == job.source)
+            .map(|(_, _, n)| n)
+            .sum(),
+        None => 0,
+    };
+    if !yes {
+        println!(
+            "{recorded} copies from source cloud '{}' are recorded for job '{old}'; nothing \
+             changed: run again with --yes to give them to job '{}'",
+            job.source, job.name
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let state = State::open(&config.state_path).map_err(usage)?;
+    let moved = state
+        .reassign_job(old, &job.name, &job.source)
+        .map_err(failed)?;
+    println!(
+        "{moved} copies of job '{old}' now belong to job '{}'",
+        job.name
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -76,6 +76,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     for job in &config.jobs {
         metrics.set_image_counts(&job.name, &state.replica_counts(&job.name)?);
     }
+    crate::engine::warn_jobs_not_in_config(&config, &state)?;
     // What the last runs saw, until the next run counts again.
     for u in state.unadopted()? {
         if config

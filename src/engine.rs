@@ -27,6 +27,11 @@ use tokio_util::sync::CancellationToken;
 pub enum EngineError {
     #[error("job '{job}': cannot list the source images, nothing was done: {source}")]
     SourceListing { job: String, source: GlanceError },
+    #[error(
+        "job '{job}': cannot learn which project glance-sync works as on the source (it tells \
+         the project's own images from other projects'), nothing was done: {source}"
+    )]
+    SourceProject { job: String, source: GlanceError },
     #[error(transparent)]
     State(#[from] StateError),
 }
@@ -37,6 +42,10 @@ pub struct JobPlan {
     #[serde(flatten)]
     pub plan: Plan,
     pub unreachable_targets: Vec<UnreachableTarget>,
+    /// How far the ledger had been written when this plan read it (see
+    /// [`State::record_copy_started`]).
+    #[serde(skip)]
+    pub ledger_mark: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -112,11 +121,13 @@ impl Engine {
         &self.clients[cloud]
     }
 
-    /// Lists the job's source and targets and plans. Writes nothing anywhere.
+    /// Lists the job's source and targets, then reads the ledger with `ledger` and plans. Writes
+    /// nothing anywhere. The ledger is read after listing: any copy of ours that the listing
+    /// shows is in it by then (it is recorded before it is created).
     pub async fn plan_job(
         &self,
         job: &Job,
-        ledger: &Ledger,
+        ledger: &(dyn Fn() -> Result<Ledger, StateError> + Sync),
     ) -> Result<(JobPlan, Vec<Image>), EngineError> {
         let source = self.client(&job.source);
         let (source_images, targets) = tokio::join!(
@@ -131,11 +142,38 @@ impl Engine {
             job: job.name.clone(),
             source,
         })?;
+        // Whose images are whose decides what is copied and what may stand in for a copy: a
+        // project that cannot be learnt is an error, never "unknown" (that would count every
+        // image as the cloud's own).
+        let mut projects = BTreeMap::new();
+        match source.project_id().await {
+            Ok(Some(project)) => {
+                projects.insert(job.source.clone(), project);
+            }
+            Ok(None) => {}
+            Err(source) => {
+                return Err(EngineError::SourceProject {
+                    job: job.name.clone(),
+                    source,
+                });
+            }
+        }
         let mut target_images = BTreeMap::new();
         let mut unreachable_targets = Vec::new();
         for (t, listing) in targets {
-            match listing {
-                Ok(images) => {
+            let listed = match listing {
+                Ok(images) => self
+                    .client(&t)
+                    .project_id()
+                    .await
+                    .map(|project| (images, project)),
+                Err(e) => Err(e),
+            };
+            match listed {
+                Ok((images, project)) => {
+                    if let Some(project) = project {
+                        projects.insert(t.clone(), project);
+                    }
                     target_images.insert(t, images);
                 }
                 Err(e) => unreachable_targets.push(UnreachableTarget {
@@ -146,19 +184,13 @@ impl Engine {
         }
         let mut reachable = job.clone();
         reachable.targets.retain(|t| target_images.contains_key(t));
-        // Listing authenticated every reachable cloud: their projects are known now.
-        let mut projects = BTreeMap::new();
-        for cloud in std::iter::once(&job.source).chain(&reachable.targets) {
-            if let Ok(Some(project)) = self.client(cloud).project_id().await {
-                projects.insert(cloud.clone(), project);
-            }
-        }
+        let ledger = ledger()?;
         let plan = plan::plan(
             &PlanInput {
                 job: &reachable,
                 source_images: &source_images,
                 target_images: &target_images,
-                ledger,
+                ledger: &ledger,
                 projects: &projects,
             },
             &mut || uuid::Uuid::new_v4().to_string(),
@@ -175,6 +207,7 @@ impl Engine {
             );
         }
         warn_unadopted(job, &plan);
+        warn_copies_left_out(job, &plan);
         // Every decision, in-sync ones included, for `-vv`: why an image is (not) touched.
         for a in &plan.actions {
             tracing::trace!(
@@ -192,6 +225,7 @@ impl Engine {
             JobPlan {
                 plan,
                 unreachable_targets,
+                ledger_mark: ledger.mark,
             },
             source_images,
         ))
@@ -227,12 +261,12 @@ impl Engine {
         cancel: &CancellationToken,
     ) -> Result<JobReport, EngineError> {
         let run_id = state.begin_run(&job.name)?;
-        let ledger = state.ledger()?;
         // Listing and planning write nothing: a signal stops them at once.
+        let read_ledger = || state.ledger();
         let planned = tokio::select! {
             biased;
             _ = cancel.cancelled() => None,
-            planned = self.plan_job(job, &ledger) => Some(planned),
+            planned = self.plan_job(job, &read_ledger) => Some(planned),
         };
         let (job_plan, source_images) = match planned {
             Some(Ok(p)) => p,
@@ -265,6 +299,7 @@ impl Engine {
             engine: self,
             job,
             run_id,
+            ledger_mark: job_plan.ledger_mark,
             state,
             sources: &sources,
             cancel,
@@ -323,6 +358,7 @@ struct Execution<'a> {
     engine: &'a Engine,
     job: &'a Job,
     run_id: i64,
+    ledger_mark: i64,
     state: &'a State,
     sources: &'a HashMap<&'a str, &'a Image>,
     cancel: &'a CancellationToken,
@@ -383,7 +419,9 @@ impl Execution<'_> {
             .source(&group[0].source_id)
             .expect("planned from the listing");
         let mut targets = Vec::new();
-        for action in &group {
+        let mut results = Vec::new();
+        let mut group_copying = Vec::new();
+        for mut action in group {
             let ActionKind::Copy {
                 target_id,
                 protect,
@@ -392,20 +430,52 @@ impl Execution<'_> {
             else {
                 unreachable!("copy groups hold copies only")
             };
-            self.state.record_copy_started(
+            let taken = self.state.record_copy_started(
                 &self.job.name,
                 self.run_id,
+                self.ledger_mark,
                 &self.job.source,
                 image,
                 &action.target,
                 target_id,
             )?;
+            if let Some(taken) = taken {
+                // Another job planned this copy at the same moment and got there first.
+                action.kind = match taken.run_id {
+                    Some(run_id) => ActionKind::InFlight {
+                        target_id: taken.target_id,
+                        job: taken.job,
+                        run_id,
+                    },
+                    None => ActionKind::InSync {
+                        target_id: taken.target_id,
+                        foreign: true,
+                    },
+                };
+                tracing::info!(
+                    job = %self.job.name, image = image.name.as_deref().unwrap_or(""),
+                    source_id = %image.id, target = %action.target, result = result_word(&action.kind),
+                    "'{}' on {}: {}", image.name.as_deref().unwrap_or(""), action.target, action.describe()
+                );
+                results.push(ActionResult {
+                    action,
+                    error: None,
+                    failure: None,
+                    seconds: 0.0,
+                });
+                continue;
+            }
             targets.push(CopyTarget {
                 client: self.engine.client(&action.target).clone(),
                 target_id: target_id.clone(),
                 create_body: create_body.clone(),
                 protect: *protect,
             });
+            group_copying.push(action);
+        }
+        let group = group_copying;
+        if targets.is_empty() {
+            return Ok(results);
         }
         let size = image.size.unwrap_or(0);
         let label = image.name.clone().unwrap_or_else(|| image.id.clone());
@@ -422,7 +492,6 @@ impl Execution<'_> {
         drop(bar);
         let seconds = started.elapsed().as_secs_f64();
 
-        let mut results = Vec::new();
         for action in group {
             let outcome = outcomes
                 .iter()
@@ -658,6 +727,47 @@ impl Execution<'_> {
             failure: None,
             seconds,
         })
+    }
+}
+
+/// Copies recorded for jobs the config no longer has (renamed or removed) are maintained by no
+/// job: said at every run and plan, with what to do.
+pub fn warn_jobs_not_in_config(config: &Config, state: &State) -> Result<(), StateError> {
+    for (job, source, count) in state.ledger_jobs()? {
+        if config.jobs.iter().any(|j| j.name == job) {
+            continue;
+        }
+        tracing::warn!(
+            job = %job,
+            images = count,
+            "{count} copies from source cloud '{source}' are recorded for job '{job}', which is \
+             not in {}: no job maintains or prunes them. If the job was renamed, run \
+             `glance-sync adopt --job NEW --from-job {job} --yes`",
+            config.path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Copies this job made of images the tenant rule now leaves out: never deleted automatically
+/// (an operator decides), but never silent either.
+fn warn_copies_left_out(job: &Job, plan: &Plan) {
+    let mut per_target: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for c in &plan.copies_left_out {
+        per_target.entry(&c.target).or_default().push(&c.target_id);
+    }
+    for (target, ids) in per_target {
+        tracing::warn!(
+            job = %job.name,
+            target = %target,
+            images = ids.len(),
+            "target '{target}': {} of this job's copies are of other projects' private or shared \
+             images that the job now leaves out: they are no longer maintained and may be seen by \
+             people their owners did not share them with. List the projects in [jobs.filter] \
+             owners, or delete the copies ({})",
+            ids.len(),
+            ids.join(", ")
+        );
     }
 }
 

@@ -25,6 +25,9 @@ pub struct Ledger {
     /// (target cloud, image id) of every image glance-sync created (or adopted) and has not
     /// deleted.
     owned: HashMap<(String, String), OwnedImage>,
+    /// How far the ledger had been written when it was read (the newest row's number): a copy
+    /// recorded after it was started by someone who planned at the same time.
+    pub mark: i64,
 }
 
 /// One image glance-sync created on a target.
@@ -90,6 +93,10 @@ pub struct Plan {
     /// Private and shared source images of other projects, left out because the job's
     /// `filter.owners` does not name their project (not listed in `actions`).
     pub left_out: Vec<LeftOut>,
+    /// This job's copies of source images that the tenant rule now leaves out (made before the
+    /// rule, or before their project left `filter.owners`): kept, but no longer maintained, and
+    /// possibly visible to people the source image's owner never shared it with.
+    pub copies_left_out: Vec<CopyLeftOut>,
     /// Images on the targets owned by glance-sync's project that carry its provenance marker for
     /// this job's source cloud but are not in the ledger: a lost or restored state database.
     /// They are treated as anyone else's image until `glance-sync adopt` records them.
@@ -116,6 +123,13 @@ pub struct LeftOut {
 }
 
 #[derive(Debug, Clone, Serialize)]
+pub struct CopyLeftOut {
+    pub target: String,
+    pub target_id: String,
+    pub source_id: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
 pub struct Unadopted {
     pub target: String,
     pub target_id: String,
@@ -129,14 +143,16 @@ pub struct Unadopted {
 }
 
 /// Whether an image with our marker naming `source` may be adopted as its copy, and why. Only on
-/// evidence: its data is the source image's, the source image is gone (then the job's prune
-/// policy applies), or its upload never finished (then the next run deletes it).
+/// evidence: its data is the source image's, or the source image is gone (then the job's prune
+/// policy applies). An unfinished upload is left alone: it may be another glance-sync's copy in
+/// flight, and adopting it would have the next run delete it.
 fn adoption(image: &Image, marker_source_id: &str, source: Option<&Image>) -> (bool, String) {
     if !image.is_established() {
         return (
-            true,
+            false,
             format!(
-                "unfinished copy (status {}): once adopted, the next run deletes it",
+                "unfinished upload (status {}): it may be another glance-sync's copy in flight; \
+                 delete it by hand if it is stale",
                 image.status
             ),
         );
@@ -378,19 +394,36 @@ fn other_project(image: &Image, job: &Job, own_project: Option<&str>) -> Option<
     ))
 }
 
+/// How many people can see an image of this visibility, as an order: a `shared` image without
+/// members is seen by its project alone, like a private one.
+fn audience(visibility: &str) -> u8 {
+    match visibility {
+        "public" => 3,
+        "community" => 2,
+        "shared" => 1,
+        _ => 0,
+    }
+}
+
 /// Whether someone else's image with the same name and data may stand in for our copy: only when
-/// everyone who could see the copy can see it. It does when glance-sync's own project owns it, or
-/// when it is public, or community while the copy would be community or narrower. Otherwise any
-/// tenant could block replication by uploading a private image with the same bytes.
-fn stands_in(image: &Image, copy_visibility: &str, target_project: Option<&str>) -> bool {
-    match target_project {
-        None => return true, // no known project: every image counts as the cloud's own
-        Some(p) if image.owner.as_deref() == Some(p) => return true,
-        Some(_) => {}
+/// everyone who could see the copy can see and use it. It must be active, and not hidden unless
+/// the copy would be. Then it does when it is public; when it is community and the copy would not
+/// be public; or when glance-sync's own project owns it and it is seen at least as widely as the
+/// copy would be. Otherwise any tenant could block replication by uploading a private image with
+/// the same bytes, and a hidden or deactivated image would pass for a usable copy.
+fn stands_in(image: &Image, copy: &Image, target_project: Option<&str>) -> bool {
+    if !image.is_active() || (image.os_hidden && !copy.os_hidden) {
+        return false;
+    }
+    let Some(project) = target_project else {
+        return true; // no known project: every image counts as the cloud's own
+    };
+    if image.owner.as_deref() == Some(project) {
+        return audience(&image.visibility) >= audience(&copy.visibility);
     }
     match image.visibility.as_str() {
         "public" => true,
-        "community" => copy_visibility != "public",
+        "community" => copy.visibility != "public",
         _ => false,
     }
 }
@@ -427,11 +460,18 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
             sources.push(image);
         }
     }
-    // Active before deactivated, then oldest first: among duplicates, the original that can still
-    // be read is the one replicated.
-    sources.sort_by(|a, b| {
-        (a.is_deactivated(), &a.created_at, &a.id).cmp(&(b.is_deactivated(), &b.created_at, &b.id))
-    });
+    // Among duplicates (same name and data) the first one is replicated: active before
+    // deactivated (it can still be read), then the job's own project's before others' and the
+    // widely seen before the narrowly seen (a tenant's early upload must not decide what the
+    // copy's metadata and visibility are), then the oldest.
+    let rank = |i: &Image| {
+        (
+            i.is_deactivated(),
+            own_project.is_some_and(|p| i.owner.as_deref() != Some(p)),
+            std::cmp::Reverse(audience(&i.visibility)),
+        )
+    };
+    sources.sort_by(|a, b| (rank(a), &a.created_at, &a.id).cmp(&(rank(b), &b.created_at, &b.id)));
 
     // Source-level verdicts: ineligible, or duplicate of an earlier image with the same identity.
     let mut source_skip: HashMap<&str, String> = HashMap::new();
@@ -469,6 +509,8 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
     let mut decisions: HashMap<(&str, &str), Decision> = HashMap::new();
     let mut actions = Vec::new();
     let mut unadopted = Vec::new();
+    let mut copies_left_out = Vec::new();
+    let left_out_ids: HashSet<&str> = left_out.iter().map(|l| l.source_id.as_str()).collect();
     let mut taken_over: HashSet<(&str, &str)> = HashSet::new();
     for target in &job.targets {
         let images = input.target_images.get(target).unwrap_or(&empty);
@@ -481,10 +523,13 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
         for img in images {
             let Some(o) = owned(img) else {
                 // Markers alone grant nothing, but our project's images with our marker and no
-                // ledger entry mean the state database was lost or restored: say so.
+                // ledger entry mean the state database was lost or restored: say so. Only those
+                // this job would have made (its filter selects them), so that two jobs sharing a
+                // source and a target do not claim each other's copies.
                 if target_project.is_none_or(|p| img.owner.as_deref() == Some(p))
                     && let Some((cloud, source_id)) = img.marker()
                     && cloud == job.source
+                    && job.filter.selects(img)
                 {
                     let (adoptable, verdict) =
                         adoption(img, source_id, listed.get(source_id).copied());
@@ -502,6 +547,13 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
             if let Some(f) = &o.in_flight {
                 in_flight.insert((&o.source_cloud, &o.source_id), (img, f));
             } else if o.belongs_to(job) {
+                if left_out_ids.contains(o.source_id.as_str()) {
+                    copies_left_out.push(CopyLeftOut {
+                        target: target.clone(),
+                        target_id: img.id.clone(),
+                        source_id: o.source_id.clone(),
+                    });
+                }
                 ours.push((img, o));
             }
         }
@@ -588,7 +640,7 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
                     .into_iter()
                     .flatten()
                     .copied()
-                    .find(|c| same_identity(s, c) && stands_in(c, &s.visibility, target_project))
+                    .find(|c| same_identity(s, c) && stands_in(c, s, target_project))
             };
             let decision = if let Some(c) = mine {
                 Decision::Ours(c)
@@ -702,6 +754,7 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
         actions,
         not_selected,
         left_out,
+        copies_left_out,
         unadopted,
     }
 }
@@ -720,6 +773,19 @@ fn prune(
     if policy.mode == PruneMode::Off {
         return vec![];
     }
+    // A source image being uploaded again (deleted, then re-created under the same name, its data
+    // not in yet) takes over the copy once it is active: until then the copy stays.
+    let arriving: HashSet<Option<&str>> = input
+        .source_images
+        .iter()
+        .filter(|i| {
+            matches!(
+                i.status.as_str(),
+                "queued" | "saving" | "uploading" | "importing"
+            )
+        })
+        .map(|i| i.name.as_deref())
+        .collect();
     let mut actions = Vec::new();
     for target in &job.targets {
         let Some(images) = input.target_images.get(target) else {
@@ -729,10 +795,14 @@ fn prune(
             let Some(owned) = input.ledger.owned(target, &img.id) else {
                 continue;
             };
+            // A copy recorded before jobs were (`job` unknown) may be another job's with another
+            // prune policy: never pruned.
             if !owned.belongs_to(job)
+                || owned.job.is_none()
                 || owned.in_flight.is_some()
                 || existing.contains_key(owned.source_id.as_str())
                 || taken_over.contains(&(target.as_str(), img.id.as_str()))
+                || arriving.contains(&img.name.as_deref())
                 || !img.is_established()
             {
                 continue;
@@ -1526,8 +1596,11 @@ mod tests {
             owned_by("priv", "tenant", "private"),
             owned_by("shr", "other", "shared"),
         ];
-        let copied =
-            |p: &Plan| -> Vec<String> { p.actions.iter().map(|a| a.source_id.clone()).collect() };
+        let copied = |p: &Plan| -> Vec<String> {
+            let mut ids: Vec<String> = p.actions.iter().map(|a| a.source_id.clone()).collect();
+            ids.sort();
+            ids
+        };
         let p = run_as(&tenants(Owners::Own), &source, vec![], &Ledger::default());
         assert_eq!(copied(&p), ["comm", "mine", "pub"]);
         let left: Vec<_> = p.left_out.iter().map(|l| l.source_id.as_str()).collect();
@@ -1582,9 +1655,121 @@ mod tests {
         assert!(stand_in("tenant", "community", "community"));
         assert!(stand_in("tenant", "public", "public"));
         assert!(
-            stand_in("sync-t", "private", "public"),
+            stand_in("sync-t", "public", "public"),
             "our own project's image"
         );
+        assert!(stand_in("sync-t", "private", "private"));
+        assert!(
+            !stand_in("sync-t", "private", "public"),
+            "our own private image hides from those who would see the public copy"
+        );
+    }
+
+    #[test]
+    fn a_hidden_or_deactivated_foreign_image_does_not_stand_in() {
+        let s = owned_by("s1", "sync", "public");
+        for (status, hidden) in [("deactivated", false), ("active", true)] {
+            let mut theirs = s.clone();
+            theirs.id = "theirs".into();
+            theirs.owner = Some("sync-t".into());
+            theirs.status = status.into();
+            theirs.os_hidden = hidden;
+            let p = run_as(
+                &tenants(crate::config::Owners::Own),
+                std::slice::from_ref(&s),
+                vec![theirs],
+                &Ledger::default(),
+            );
+            assert_eq!(kinds(&p), vec!["s1@a: copy"], "{status}, hidden {hidden}");
+        }
+    }
+
+    #[test]
+    fn the_own_projects_image_is_replicated_before_a_tenants_earlier_duplicate() {
+        let mut early = owned_by("early", "tenant", "community");
+        early.name = Some("ubuntu".into());
+        early.created_at = Some("2025-01-01T00:00:00Z".into());
+        early.tags = vec!["tenant-says".into()];
+        let mut ours = early.clone();
+        ours.id = "ours".into();
+        ours.owner = Some("sync".into());
+        ours.visibility = "public".into();
+        ours.tags = vec![];
+        ours.created_at = Some("2026-01-01T00:00:00Z".into());
+        let p = run_as(
+            &tenants(crate::config::Owners::Own),
+            &[early, ours],
+            vec![],
+            &Ledger::default(),
+        );
+        assert_eq!(
+            kinds(&p),
+            vec![
+                "ours@a: copy",
+                "early@a: skipped: same name and data as source image ours"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_copy_is_not_pruned_while_its_source_is_uploaded_again() {
+        let old = image("old", "reup", "m1");
+        let mut again = image("again", "reup", "m1");
+        again.status = "saving".into();
+        let mut ledger = Ledger::default();
+        ours(&mut ledger, "a", "t1", "old");
+        let p = run(
+            &pruning(PruneMode::Delete, false, 10),
+            &[again],
+            &[("a", vec![copy_of(&old, "t1")])],
+            &ledger,
+        );
+        assert!(
+            p.actions
+                .iter()
+                .all(|a| !matches!(a.kind, ActionKind::Prune { .. })),
+            "{:?}",
+            kinds(&p)
+        );
+    }
+
+    #[test]
+    fn copies_recorded_before_jobs_were_are_never_pruned() {
+        let old = image("old", "x", "m1");
+        let mut ledger = Ledger::default();
+        ledger.record(
+            "a",
+            "t1",
+            OwnedImage {
+                job: None,
+                source_cloud: "src".into(),
+                source_id: "old".into(),
+                in_flight: None,
+            },
+        );
+        let p = run(
+            &pruning(PruneMode::Delete, false, 10),
+            &[],
+            &[("a", vec![copy_of(&old, "t1")])],
+            &ledger,
+        );
+        assert!(p.actions.is_empty(), "{:?}", kinds(&p));
+    }
+
+    #[test]
+    fn our_copies_of_images_the_tenant_rule_now_leaves_out_are_reported() {
+        let private = owned_by("priv", "tenant", "private");
+        let mut ledger = Ledger::default();
+        ours(&mut ledger, "a", "t1", "priv");
+        let p = run_as(
+            &tenants(crate::config::Owners::Own),
+            std::slice::from_ref(&private),
+            vec![copy_of(&private, "t1")],
+            &ledger,
+        );
+        assert_eq!(p.copies_left_out.len(), 1);
+        assert_eq!(p.copies_left_out[0].target_id, "t1");
+        assert!(p.actions.iter().all(|a| !a.writes()), "{:?}", kinds(&p));
     }
 
     #[test]
@@ -1609,5 +1794,21 @@ mod tests {
         );
         assert!(p.unadopted[0].adoptable, "{}", p.unadopted[0].verdict);
         assert!(p.actions.iter().all(|a| !a.writes()), "{:?}", kinds(&p));
+    }
+
+    #[test]
+    fn an_unfinished_upload_with_our_marker_is_not_adoptable() {
+        let s = image("s1", "ubuntu", "m1");
+        let mut uploading = copy_of(&s, "t1");
+        uploading.owner = Some("sync-t".into());
+        uploading.status = "saving".into();
+        let p = run_as(&job(&["a"]), &[s], vec![uploading], &Ledger::default());
+        assert_eq!(p.unadopted.len(), 1);
+        assert!(!p.unadopted[0].adoptable);
+        assert!(
+            p.unadopted[0]
+                .verdict
+                .contains("another glance-sync's copy in flight")
+        );
     }
 }

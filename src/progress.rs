@@ -31,7 +31,8 @@ impl Progress {
                 )
                 .expect("valid progress template"),
             );
-            bar.set_message(label.to_string());
+            // The label is an image name, chosen by whoever uploaded it: escaped for the terminal.
+            bar.set_message(crate::terminal::escape(label));
             bar
         }))
     }

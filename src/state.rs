@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use include_dir::{Dir, include_dir};
 use jiff::Timestamp;
-use rusqlite::{Connection, OpenFlags, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use rusqlite_migration::Migrations;
 use serde::Serialize;
 
@@ -37,6 +37,16 @@ pub enum StateError {
     /// The SQLite error is part of the message, not a `source`: an operator reads it once.
     #[error("state database {path}: {message}")]
     Sql { path: PathBuf, message: String },
+    #[error(
+        "state database {path} has schema version {found} and this glance-sync reads version \
+         {wanted}: {advice}"
+    )]
+    Schema {
+        path: PathBuf,
+        found: i64,
+        wanted: i64,
+        advice: &'static str,
+    },
     #[error("state database {path}: schema migration failed: {message}")]
     Migration { path: PathBuf, message: String },
 }
@@ -44,9 +54,10 @@ pub enum StateError {
 pub struct State {
     path: PathBuf,
     conn: Mutex<Connection>,
-    /// Held for the life of a writable `State`; dropped (and so released) with it. A `State`
-    /// that holds it knows every run marked `running` is one of its own.
-    lock: Option<File>,
+    /// The run lock (on the lock file and on the database file), held for the life of a
+    /// writable `State` and released with it. A `State` that holds it knows every run marked
+    /// `running` is one of its own.
+    lock: Option<(File, File)>,
 }
 
 /// How one (source image, target) pair ended in a run.
@@ -75,6 +86,15 @@ pub struct RunRecord {
     pub images_copied: u64,
     pub bytes_copied: u64,
     pub images_failed: u64,
+}
+
+/// Another job's copy of a source image that this job was about to copy too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TakenBy {
+    pub job: String,
+    pub target_id: String,
+    /// The run copying it, while it is in flight.
+    pub run_id: Option<i64>,
 }
 
 /// Images on a target that carry our marker for a job's source cloud but are not in the ledger,
@@ -154,19 +174,23 @@ impl State {
             .write(true)
             .open(&lock_path)
             .map_err(|e| io(format!("cannot open lock {}: {e}", lock_path.display())))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(StateError::Busy {
-                    path: path.to_path_buf(),
-                    lock: lock_path,
-                });
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                return Err(io(format!("cannot lock {}: {e}", lock_path.display())));
-            }
+        let busy = || StateError::Busy {
+            path: path.to_path_buf(),
+            lock: lock_path.clone(),
+        };
+        if !try_lock_exclusive(&lock)
+            .map_err(|e| io(format!("cannot lock {}: {e}", lock_path.display())))?
+        {
+            return Err(busy());
         }
         let mut conn = Connection::open(path).map_err(|e| sql(path, e))?;
+        // The database file itself is locked too: a lock file deleted by hand (`rm state.db*`
+        // leftovers, a clean-up script) must not let a second run in while this one holds copies
+        // in flight.
+        let db_lock = File::open(path).map_err(|e| io(format!("cannot open: {e}")))?;
+        if !try_lock_exclusive(&db_lock).map_err(|e| io(format!("cannot lock: {e}")))? {
+            return Err(busy());
+        }
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(|e| sql(path, e))?;
         // FULL: the ledger row written before a create must survive a power cut, or the image
@@ -198,7 +222,7 @@ impl State {
         Ok(State {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
-            lock: Some(lock),
+            lock: Some((lock, db_lock)),
         })
     }
 
@@ -245,6 +269,25 @@ impl State {
             }
             Err(e) => return Err(sql(path, e)),
         };
+        // A reader never migrates: an older or newer schema is said plainly, not met with
+        // "no such column".
+        let found: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(|e| sql(path, e))?;
+        let wanted = MIGRATIONS.dirs().count() as i64;
+        if found != wanted {
+            return Err(StateError::Schema {
+                path: path.to_path_buf(),
+                found,
+                wanted,
+                advice: if found < wanted {
+                    "it was written by an older glance-sync; run `glance-sync run` (or restart \
+                     the daemon) once with this version to upgrade it"
+                } else {
+                    "it was written by a newer glance-sync; use that version"
+                },
+            });
+        }
         Ok(Some(State {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
@@ -261,14 +304,29 @@ impl State {
     /// those of whoever holds it. With nobody holding it, they died (killed, or the host went
     /// down) and are abandoned.
     fn runs_are_live(&self) -> bool {
-        self.lock.is_some() || lock_is_held(&lock_path(&self.path))
+        self.lock.is_some() || lock_is_held(&self.path) || lock_is_held(&lock_path(&self.path))
     }
 
+    /// Records the start of a run of `job`. Runs of one job never overlap (the daemon's per-job
+    /// lock, the run lock between processes), so an earlier run of `job` still marked running
+    /// ended without saying so (a panic, a failed write): it is closed, and its copies are no
+    /// longer in flight.
     pub fn begin_run(&self, job: &str) -> Result<i64, StateError> {
+        let t = now();
         self.with(|c| {
             c.execute(
+                "UPDATE owned_images SET in_flight_run = NULL WHERE in_flight_run IN
+                    (SELECT id FROM runs WHERE job = ?1 AND result = 'running')",
+                params![job],
+            )?;
+            c.execute(
+                "UPDATE runs SET result = 'interrupted', finished_at = ?2
+                 WHERE job = ?1 AND result = 'running'",
+                params![job, t],
+            )?;
+            c.execute(
                 "INSERT INTO runs (job, started_at) VALUES (?1, ?2)",
-                params![job, now()],
+                params![job, t],
             )?;
             Ok(c.last_insert_rowid())
         })
@@ -330,6 +388,11 @@ impl State {
                 let (target, id, owned) = row?;
                 ledger.record(&target, &id, owned);
             }
+            ledger.mark = c.query_row(
+                "SELECT COALESCE(MAX(rowid), 0) FROM owned_images",
+                [],
+                |r| r.get(0),
+            )?;
             Ok(ledger)
         })
     }
@@ -337,24 +400,52 @@ impl State {
     /// Records a copy about to be created, before the create call: if we crash after it, the next
     /// run knows the image is ours and can clean it up. Until [`copy_settled`](Self::copy_settled)
     /// or the end of `run`, the image is in flight.
+    ///
+    /// Refused, with who got there first, when another job started a copy of the same source image
+    /// on the same target since this job read the ledger (`ledger_mark`), or is copying it now:
+    /// two jobs planning at the same moment must not both upload it.
+    #[allow(clippy::too_many_arguments)]
     pub fn record_copy_started(
         &self,
         job: &str,
         run: i64,
+        ledger_mark: i64,
         source_cloud: &str,
         source: &Image,
         target: &str,
         target_id: &str,
-    ) -> Result<(), StateError> {
+    ) -> Result<Option<TakenBy>, StateError> {
         let t = now();
         self.with(|c| {
-            c.execute(
+            let tx = c.unchecked_transaction()?;
+            let taken = tx
+                .query_row(
+                    "SELECT o.job, o.target_id, r.id FROM owned_images o
+                     LEFT JOIN runs r ON r.id = o.in_flight_run AND r.result = 'running'
+                     WHERE o.target_cloud = ?1 AND o.source_cloud = ?2 AND o.source_id = ?3
+                       AND o.deleted_at IS NULL AND o.job IS NOT ?4
+                       AND (o.rowid > ?5 OR r.id IS NOT NULL)
+                     LIMIT 1",
+                    params![target, source_cloud, source.id, job, ledger_mark],
+                    |r| {
+                        Ok(TakenBy {
+                            job: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
+                            target_id: r.get(1)?,
+                            run_id: r.get(2)?,
+                        })
+                    },
+                )
+                .optional()?;
+            if taken.is_some() {
+                return Ok(taken);
+            }
+            tx.execute(
                 "INSERT INTO owned_images (target_cloud, target_id, source_cloud, source_id, created_at,
                     job, in_flight_run)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
                 params![target, target_id, source_cloud, source.id, t, job, run],
             )?;
-            c.execute(
+            tx.execute(
                 "INSERT INTO replicas (source_cloud, source_id, target_cloud, job, name, identity,
                     target_id, foreign_image, state, attempts, first_seen_at, updated_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 0, 'pending', 1, ?8, ?8)
@@ -372,8 +463,9 @@ impl State {
                     target_id,
                     t
                 ],
-            )
-            .map(drop)
+            )?;
+            tx.commit()?;
+            Ok(None)
         })
     }
 
@@ -434,6 +526,44 @@ impl State {
                 params![target, target_id, source_cloud, source_id, now(), job],
             )
             .map(drop)
+        })
+    }
+
+    /// The jobs the ledger holds live copies for, with their source cloud and how many: a job
+    /// missing from the config (renamed or removed) leaves copies that no job maintains.
+    pub fn ledger_jobs(&self) -> Result<Vec<(String, String, u64)>, StateError> {
+        self.with(|c| {
+            let mut q = c.prepare(
+                "SELECT job, source_cloud, COUNT(*) FROM owned_images
+                 WHERE deleted_at IS NULL AND job IS NOT NULL
+                 GROUP BY job, source_cloud ORDER BY job, source_cloud",
+            )?;
+            q.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect()
+        })
+    }
+
+    /// Gives job `to` the live copies the ledger records for job `from` from `source_cloud` (a
+    /// renamed job); returns how many.
+    pub fn reassign_job(
+        &self,
+        from: &str,
+        to: &str,
+        source_cloud: &str,
+    ) -> Result<usize, StateError> {
+        self.with(|c| {
+            let tx = c.unchecked_transaction()?;
+            let moved = tx.execute(
+                "UPDATE owned_images SET job = ?2
+                 WHERE job = ?1 AND source_cloud = ?3 AND deleted_at IS NULL",
+                params![from, to, source_cloud],
+            )?;
+            tx.execute(
+                "UPDATE replicas SET job = ?2 WHERE job = ?1 AND source_cloud = ?3",
+                params![from, to, source_cloud],
+            )?;
+            tx.commit()?;
+            Ok(moved)
         })
     }
 
@@ -626,7 +756,6 @@ impl State {
     #[cfg(test)]
     fn replica_state(&self, source_id: &str, target: &str) -> Option<(String, u64)> {
         self.with(|c| {
-            use rusqlite::OptionalExtension;
             c.query_row(
                 "SELECT state, attempts FROM replicas WHERE source_id = ?1 AND target_cloud = ?2",
                 params![source_id, target],
@@ -656,11 +785,28 @@ fn sql(path: &Path, e: rusqlite::Error) -> StateError {
     }
 }
 
-/// Whether another process holds the run lock beside the database (a lock file that does not
-/// exist or cannot be opened is held by nobody who could be running).
-fn lock_is_held(lock: &Path) -> bool {
-    // Opened for reading only: a monitoring user may read the directory but not write it.
-    let Ok(file) = File::open(lock) else {
+/// Takes the exclusive run lock on `file`: `Ok(false)` when another run holds it. A reader
+/// probing the lock (`plan`, `status`) holds a shared one for an instant: retried briefly, so
+/// that polling `status` never fails a run that starts at the same moment.
+fn try_lock_exclusive(file: &File) -> std::io::Result<bool> {
+    for attempt in 0..10 {
+        match file.try_lock() {
+            Ok(()) => return Ok(true),
+            Err(std::fs::TryLockError::WouldBlock) if attempt < 9 => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => return Ok(false),
+            Err(std::fs::TryLockError::Error(e)) => return Err(e),
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// Whether a run holds the run lock on `file` (the database, or the lock file beside it that
+/// older versions use alone). Opened for reading only: a monitoring user may read but not write.
+/// A file that cannot be opened is locked by nobody who could matter to this reader.
+fn lock_is_held(file: &Path) -> bool {
+    let Ok(file) = File::open(file) else {
         return false;
     };
     // A shared lock is refused while a run holds the exclusive one; ours is released on drop.
@@ -724,7 +870,7 @@ mod tests {
         let st = State::open(&dir.path().join("s.db")).unwrap();
         let src = image("s1", "ubuntu", "m1");
         let run = st.begin_run("j").unwrap();
-        st.record_copy_started("j", run, "prod", &src, "dr", "t1")
+        st.record_copy_started("j", run, 0, "prod", &src, "dr", "t1")
             .unwrap();
         assert_eq!(st.replica_state("s1", "dr"), Some(("pending".into(), 1)));
         assert_eq!(
@@ -769,7 +915,7 @@ mod tests {
         let src = image("s1", "ubuntu", "m1");
         let run = st.begin_run("j").unwrap();
         for id in ["a", "b"] {
-            st.record_copy_started("j", run, "prod", &src, "dr", id)
+            st.record_copy_started("j", run, 0, "prod", &src, "dr", id)
                 .unwrap();
             st.record_outcome(
                 "j",
@@ -827,7 +973,7 @@ mod tests {
         let db = dir.path().join("s.db");
         let st = State::open(&db).unwrap();
         let run = st.begin_run("big").unwrap();
-        st.record_copy_started("big", run, "prod", &image("s1", "x", "m"), "dr", "t1")
+        st.record_copy_started("big", run, 0, "prod", &image("s1", "x", "m"), "dr", "t1")
             .unwrap();
         let reader = State::open_read_only(&db).unwrap().unwrap();
         assert!(
@@ -856,13 +1002,96 @@ mod tests {
     }
 
     #[test]
+    fn a_copy_another_job_started_since_the_ledger_was_read_is_not_started_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = State::open(&dir.path().join("s.db")).unwrap();
+        let src = image("s1", "shared", "m");
+        // Both jobs planned with the same ledger (empty), then `a` recorded its copy first.
+        let mark = st.ledger().unwrap().mark;
+        let run_a = st.begin_run("a").unwrap();
+        let run_b = st.begin_run("b").unwrap();
+        assert_eq!(
+            st.record_copy_started("a", run_a, mark, "prod", &src, "dr", "ta")
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            st.record_copy_started("b", run_b, mark, "prod", &src, "dr", "tb")
+                .unwrap(),
+            Some(TakenBy {
+                job: "a".into(),
+                target_id: "ta".into(),
+                run_id: Some(run_a)
+            })
+        );
+        assert!(
+            st.ledger().unwrap().owned("dr", "tb").is_none(),
+            "not recorded"
+        );
+        // Settled and older than the next plan's ledger: another job's copy, no conflict.
+        st.copy_settled("dr", "ta").unwrap();
+        let mark = st.ledger().unwrap().mark;
+        assert_eq!(
+            st.record_copy_started("b", run_b, mark, "prod", &src, "dr", "tb")
+                .unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn a_new_run_of_a_job_closes_its_earlier_run_left_running() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = State::open(&dir.path().join("s.db")).unwrap();
+        let first = st.begin_run("j").unwrap();
+        st.record_copy_started("j", first, 0, "prod", &image("s1", "x", "m"), "dr", "t1")
+            .unwrap();
+        let other = st.begin_run("other").unwrap();
+        st.begin_run("j").unwrap();
+        assert_eq!(
+            st.ledger().unwrap().owned("dr", "t1").unwrap().in_flight,
+            None
+        );
+        let result_of = |id: i64| {
+            st.with(|c| {
+                c.query_row("SELECT result FROM runs WHERE id = ?1", [id], |r| {
+                    r.get::<_, String>(0)
+                })
+            })
+            .unwrap()
+        };
+        assert_eq!(result_of(first), "interrupted");
+        assert_eq!(
+            result_of(other),
+            "running",
+            "another job's run is left alone"
+        );
+    }
+
+    #[test]
+    fn a_reader_says_plainly_that_the_schema_is_older() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("s.db");
+        {
+            let mut conn = Connection::open(&db).unwrap();
+            let migrations = Migrations::from_directory(&MIGRATIONS).unwrap();
+            migrations.to_version(&mut conn, 1).unwrap();
+        }
+        let err = State::open_read_only(&db).err().expect("older schema");
+        assert!(
+            err.to_string().contains("schema version 1")
+                && err.to_string().contains("run `glance-sync run`"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn relinking_moves_the_copy_to_the_new_source_image() {
         let dir = tempfile::tempdir().unwrap();
         let st = State::open(&dir.path().join("s.db")).unwrap();
         let old = image("old", "reup", "m");
         let new = image("new", "reup", "m");
         let run = st.begin_run("j").unwrap();
-        st.record_copy_started("j", run, "prod", &old, "dr", "t1")
+        st.record_copy_started("j", run, 0, "prod", &old, "dr", "t1")
             .unwrap();
         st.relink("j", "prod", &new, "dr", "t1").unwrap();
         assert_eq!(

@@ -24,6 +24,10 @@ fn is_unsafe(c: char) -> bool {
             | '\u{202a}'..='\u{202e}'  // embeddings and overrides (U+202E: right-to-left override)
             | '\u{2066}'..='\u{2069}'  // isolates
             | '\u{2028}' | '\u{2029}' // line and paragraph separators
+            | '\u{200b}'..='\u{200d}'  // zero-width space and joiners: invisible text
+            | '\u{2060}'..='\u{2064}'  // word joiner and invisible operators
+            | '\u{feff}'                // zero-width no-break space (BOM)
+            | '\u{e0000}'..='\u{e007f}' // tag characters: invisible text
         )
 }
 
