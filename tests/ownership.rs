@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::daemon_proc::{DaemonProc, free_port};
+use support::daemon_proc::{DaemonProc, free_port, metric_value};
 use support::glance_api::{Api, image_body, random_bytes};
 use support::harness::RealGlance;
 use support::real_pair::RealPair;
@@ -512,4 +512,105 @@ async fn a_lost_state_database_is_reported_and_adopt_restores_ownership() {
             .any(|c| c["name"] == "renamed" && c["owner"] == "admin")
     );
     assert_eq!(target.list_all().await.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs real Glance: run tests/run.sh"]
+async fn two_jobs_selecting_the_same_images_at_the_same_moment_copy_each_once() {
+    let src = RealGlance::start("own-race-src");
+    let dst = RealGlance::start("own-race-dst");
+    let (source, target) = (Api::new(&src.url), Api::new(&dst.url));
+    for i in 0..3 {
+        source
+            .create_streamed(
+                image_body(&format!("img-{i}"), "raw", json!({})),
+                48 << 20,
+                50 + i,
+            )
+            .await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut text = format!(
+        "[state]\npath = \"{}\"\n\n{}[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n",
+        dir.path().join("state.db").display(),
+        clouds_toml(&[("prod", &src.url), ("dr", &dst.url)], None),
+    );
+    // Both select everything and both start at once.
+    for job in ["first", "second"] {
+        text.push_str(&format!(
+            "[[jobs]]\nname = \"{job}\"\nsource = \"prod\"\ntargets = [\"dr\"]\ninterval = \"1h\"\n\n"
+        ));
+    }
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, text).unwrap();
+    let mut daemon = DaemonProc::start(&cfg, port).await;
+    daemon
+        .wait_for(
+            Duration::from_secs(120),
+            "both jobs' first runs",
+            || async {
+                let metrics = daemon.metrics().await;
+                ["first", "second"].iter().all(|job| {
+                    metric_value(
+                        &metrics,
+                        "glance_sync_runs_total",
+                        &[("job", job), ("result", "success")],
+                    )
+                    .is_some_and(|n| n >= 1.0)
+                })
+            },
+        )
+        .await;
+    daemon.signal(libc::SIGTERM);
+    daemon.wait_exit(Duration::from_secs(30)).await;
+    assert_each_copied_once(&source, &target).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs real Glance: run tests/run.sh"]
+async fn a_renamed_job_is_warned_about_and_takes_its_copies_over_with_adopt_from_job() {
+    let (pair, img) = copied_once("own-rename", "").await;
+    let id = img["id"].as_str().unwrap();
+    let renamed = std::fs::read_to_string(&pair.cfg)
+        .unwrap()
+        .replace("name = \"job\"", "name = \"golden\"");
+    std::fs::write(&pair.cfg, renamed).unwrap();
+
+    let run = glance_sync(&pair.cfg, &["run"]).await;
+    run.assert_code(0);
+    assert!(
+        run.stderr
+            .contains("1 copies from source cloud 'prod' are recorded for job 'job'")
+            && run
+                .stderr
+                .contains("glance-sync adopt --job NEW --from-job job --yes"),
+        "{}",
+        run.stderr
+    );
+    let plan = plan_json(&pair.cfg).await;
+    assert_eq!(plan[0]["actions"][0]["foreign"], true, "{plan:#}");
+
+    let dry = glance_sync(
+        &pair.cfg,
+        &["adopt", "--job", "golden", "--from-job", "job"],
+    )
+    .await;
+    dry.assert_code(0);
+    assert!(dry.stdout.contains("nothing changed"), "{}", dry.stdout);
+    glance_sync(
+        &pair.cfg,
+        &["adopt", "--job", "golden", "--from-job", "job", "--yes"],
+    )
+    .await
+    .assert_code(0);
+    let plan = plan_json(&pair.cfg).await;
+    assert_eq!(actions_of(&plan), [("in_sync".to_string(), id.to_string())]);
+    assert_eq!(plan[0]["actions"][0]["foreign"], false, "{plan:#}");
+    let run = glance_sync(&pair.cfg, &["run"]).await;
+    assert!(
+        !run.stderr.contains("recorded for job 'job'"),
+        "{}",
+        run.stderr
+    );
 }
