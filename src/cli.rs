@@ -71,7 +71,12 @@ enum Command {
         format: Format,
     },
     /// Validate the config, authenticate against every cloud, print each image endpoint.
-    Check,
+    Check {
+        /// `json`: per cloud, what its configuration resolved to (auth URL and type, user,
+        /// project, domains, region, interface) and the image endpoint and project it reached.
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
     /// List images on the targets that carry glance-sync's marker but are missing from the state
     /// database (lost or restored); with --yes, record them as the job's copies.
     Adopt {
@@ -207,7 +212,7 @@ async fn dispatch(cli: Cli, progress: Progress) -> Result<ExitCode, Failure> {
             .map_err(usage),
         Command::Plan { jobs, format } => plan(&config, &jobs, format).await,
         Command::Status { format } => status(&config, format),
-        Command::Check => check(&config).await,
+        Command::Check { format } => check(&config, format).await,
         Command::Adopt {
             jobs,
             from_job: Some(old),
@@ -657,28 +662,56 @@ fn status(config: &Config, format: Format) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn check(config: &Config) -> Result<ExitCode, Failure> {
+async fn check(config: &Config, format: Format) -> Result<ExitCode, Failure> {
     let engine = Engine::new(config, Progress::default(), Metrics::new()).map_err(usage)?;
     let mut ok = true;
-    for name in config.clouds.keys() {
+    let mut report = serde_json::Map::new();
+    for (name, cloud) in &config.clouds {
         let client = engine.client(name);
-        match client.endpoint().await {
-            Ok(endpoint) => match client.probe().await {
-                Ok(()) => println!("{name}: ok, image endpoint {endpoint}"),
-                Err(e) => {
-                    ok = false;
-                    println!(
-                        "{name}: FAILED: image endpoint {endpoint} does not answer as Glance v2: {e}"
-                    );
+        let mut entry = serde_json::to_value(cloud.resolved()).expect("resolved cloud serialises");
+        let outcome = match client.endpoint().await {
+            Ok(endpoint) => {
+                entry["image_endpoint"] = endpoint.clone().into();
+                if let Ok(project) = client.project_id().await {
+                    entry["token_project_id"] = project.into();
                 }
-            },
+                match client.probe().await {
+                    Ok(()) => Ok(format!("ok, image endpoint {endpoint}")),
+                    Err(e) => Err(format!(
+                        "image endpoint {endpoint} does not answer as Glance v2: {e}"
+                    )),
+                }
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match &outcome {
+            Ok(_) => entry["ok"] = true.into(),
             Err(e) => {
                 ok = false;
-                println!("{name}: FAILED: {e}");
+                entry["ok"] = false.into();
+                entry["error"] = e.clone().into();
             }
         }
+        if format == Format::Table {
+            match outcome {
+                Ok(line) => println!("{name}: {line}"),
+                Err(e) => println!("{name}: FAILED: {}", escape(&e)),
+            }
+        }
+        report.insert(name.clone(), entry);
     }
     check_state_dir(&config.state_path).map_err(usage)?;
+    match format {
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "clouds": report,
+                "state": config.state_path,
+            }))
+            .expect("check report serialises")
+        ),
+        Format::Table => println!("state: {}", config.state_path.display()),
+    }
     Ok(ExitCode::from(if ok { 0 } else { 1 }))
 }
 
@@ -696,7 +729,6 @@ fn check_state_dir(path: &Path) -> anyhow::Result<()> {
             dir.display()
         );
     }
-    println!("state: {}", path.display());
     Ok(())
 }
 

@@ -92,6 +92,102 @@ pub struct CloudConfig {
     pub project_id: Option<String>,
 }
 
+/// What a cloud's configuration resolved to, without secrets: what `glance-sync check --format
+/// json` prints, so that people and tests can compare it with what openstacksdk resolves.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ResolvedCloud {
+    pub auth_type: String,
+    pub auth_url: Option<String>,
+    pub username: Option<String>,
+    pub user_id: Option<String>,
+    pub user_domain_id: Option<String>,
+    pub user_domain_name: Option<String>,
+    pub project_id: Option<String>,
+    pub project_name: Option<String>,
+    pub project_domain_id: Option<String>,
+    pub project_domain_name: Option<String>,
+    pub application_credential_id: Option<String>,
+    pub application_credential_name: Option<String>,
+    pub region_name: Option<String>,
+    pub interface: String,
+    pub image_endpoint_override: Option<String>,
+    pub verify: bool,
+    pub cacert: Option<PathBuf>,
+}
+
+impl CloudConfig {
+    pub fn resolved(&self) -> ResolvedCloud {
+        let mut r = ResolvedCloud {
+            region_name: self.region_name.clone(),
+            interface: self.interface.clone(),
+            image_endpoint_override: self.image_endpoint_override.clone(),
+            verify: self.verify,
+            cacert: self.cacert.clone(),
+            project_id: self.project_id.clone(),
+            ..Default::default()
+        };
+        let domain = |d: &DomainRef| match d {
+            DomainRef::Id(id) => (Some(id.clone()), None),
+            DomainRef::Name(n) => (None, Some(n.clone())),
+        };
+        let user = |u: &UserRef, r: &mut ResolvedCloud| match u {
+            UserRef::Id(id) => r.user_id = Some(id.clone()),
+            UserRef::Name { name, domain: d } => {
+                r.username = Some(name.clone());
+                (r.user_domain_id, r.user_domain_name) = domain(d);
+            }
+        };
+        let project = |p: &ProjectRef, r: &mut ResolvedCloud| match p {
+            ProjectRef::Id(id) => r.project_id = Some(id.clone()),
+            ProjectRef::Name { name, domain: d } => {
+                r.project_name = Some(name.clone());
+                (r.project_domain_id, r.project_domain_name) = domain(d);
+            }
+        };
+        match &self.auth {
+            AuthConfig::Password {
+                auth_url,
+                user: u,
+                project: p,
+                ..
+            } => {
+                r.auth_type = "password".into();
+                r.auth_url = Some(auth_url.clone());
+                user(u, &mut r);
+                project(p, &mut r);
+            }
+            AuthConfig::ApplicationCredential {
+                auth_url,
+                credential,
+                ..
+            } => {
+                r.auth_type = "v3applicationcredential".into();
+                r.auth_url = Some(auth_url.clone());
+                match credential {
+                    AppCredentialRef::Id(id) => r.application_credential_id = Some(id.clone()),
+                    AppCredentialRef::Name { name, user: u } => {
+                        r.application_credential_name = Some(name.clone());
+                        user(u, &mut r);
+                    }
+                }
+            }
+            AuthConfig::Token {
+                auth_url,
+                project: p,
+                ..
+            } => {
+                r.auth_type = "token".into();
+                r.auth_url = auth_url.clone();
+                if let Some(p) = p {
+                    project(p, &mut r);
+                }
+            }
+            AuthConfig::None => r.auth_type = "none".into(),
+        }
+        r
+    }
+}
+
 /// How a cloud authenticates. Secrets are `SecretString`s: they print as `[REDACTED]`.
 #[derive(Debug, Clone)]
 pub enum AuthConfig {
