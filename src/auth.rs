@@ -63,6 +63,17 @@ pub enum AuthError {
         region: String,
         available: String,
     },
+    #[error(
+        "cloud '{cloud}': no region is chosen and the catalog has {interface} image endpoints in \
+         several regions ({regions}): set region_name (or image_region_name) for this cloud. \
+         openstacksdk would take the first in catalog order, which may be the wrong region; \
+         glance-sync does not guess"
+    )]
+    NoRegionChosen {
+        cloud: String,
+        interface: String,
+        regions: String,
+    },
     #[error("cloud '{cloud}': TLS setup failed: {message}")]
     Tls { cloud: String, message: String },
 }
@@ -418,17 +429,14 @@ impl CloudSession {
                 if rest.iter().all(|(r, _)| r == first_region) {
                     return Ok(normalise_endpoint(url));
                 }
-                return Err(AuthError::Protocol {
+                return Err(AuthError::NoRegionChosen {
                     cloud: self.name.clone(),
-                    url: "the service catalog".into(),
-                    message: format!(
-                        "image endpoints in several regions ({}): set region_name for this cloud",
-                        matching
-                            .iter()
-                            .map(|(r, _)| *r)
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
+                    interface: self.config.interface.clone(),
+                    regions: matching
+                        .iter()
+                        .map(|(r, _)| *r)
+                        .collect::<Vec<_>>()
+                        .join(", "),
                 });
             }
             [] => {}

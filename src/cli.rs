@@ -669,12 +669,10 @@ async fn check(config: &Config, format: Format) -> Result<ExitCode, Failure> {
     for (name, cloud) in &config.clouds {
         let client = engine.client(name);
         let mut entry = serde_json::to_value(cloud.resolved()).expect("resolved cloud serialises");
-        let outcome = match client.endpoint().await {
-            Ok(endpoint) => {
+        let outcome = match client.endpoint_and_project().await {
+            Ok((endpoint, project)) => {
                 entry["image_endpoint"] = endpoint.clone().into();
-                if let Ok(project) = client.project_id().await {
-                    entry["token_project_id"] = project.into();
-                }
+                entry["token_project_id"] = project.into();
                 match client.probe().await {
                     Ok(()) => Ok(format!("ok, image endpoint {endpoint}")),
                     Err(e) => Err(format!(

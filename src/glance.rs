@@ -73,14 +73,15 @@ impl GlanceClient {
         &self.session.name
     }
 
-    /// The image endpoint this cloud resolves to (authenticates if needed).
-    pub async fn endpoint(&self) -> Result<String, GlanceError> {
-        Ok(self.session.access().await?.endpoint)
-    }
-
     /// The project glance-sync works as on this cloud, when known (authenticates if needed).
     pub async fn project_id(&self) -> Result<Option<String>, GlanceError> {
         Ok(self.session.access().await?.project_id)
+    }
+
+    /// The image endpoint and the project, from one authentication.
+    pub async fn endpoint_and_project(&self) -> Result<(String, Option<String>), GlanceError> {
+        let access = self.session.access().await?;
+        Ok((access.endpoint, access.project_id))
     }
 
     /// Every image the credentials can see: hidden ones and community ones included.

@@ -399,6 +399,12 @@ pub(crate) struct CloudEntry {
     region_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     interface: Option<String>,
+    /// The interface for the image service alone; wins over `interface`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image_interface: Option<String>,
+    /// The region for the image service alone; wins over `region_name`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    image_region_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cacert: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -439,6 +445,10 @@ pub(crate) struct AuthEntry {
     #[serde(skip_serializing_if = "Option::is_none")]
     domain_name: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    default_domain_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    default_domain_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     domain_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     application_credential_id: Option<String>,
@@ -462,6 +472,8 @@ pub(crate) const CLOUD_KEYS: &[&str] = &[
     "auth_type",
     "region_name",
     "interface",
+    "image_interface",
+    "image_region_name",
     "cacert",
     "verify",
     "image_endpoint_override",
@@ -479,6 +491,8 @@ pub(crate) const AUTH_KEYS: &[&str] = &[
     "project_domain_id",
     "domain_name",
     "domain_id",
+    "default_domain_id",
+    "default_domain_name",
     "application_credential_id",
     "application_credential_name",
     "application_credential_secret",
@@ -551,11 +565,18 @@ impl Config {
 
         let mut clouds = BTreeMap::new();
         for (name, entry) in &file.clouds {
-            let cloud = resolve_cloud(name, entry, env).map_err(|message| ConfigError::Cloud {
-                path: path.to_path_buf(),
-                cloud: name.clone(),
-                message,
+            let mut warnings = Vec::new();
+            let cloud = resolve_cloud(name, entry, env, &mut warnings).map_err(|message| {
+                ConfigError::Cloud {
+                    path: path.to_path_buf(),
+                    cloud: name.clone(),
+                    message,
+                }
             })?;
+            // Nothing a cloud's configuration says is dropped silently.
+            for w in warnings {
+                tracing::warn!(cloud = %name, "{}, [clouds.{name}]: {w}", path.display());
+            }
             clouds.insert(name.clone(), cloud);
         }
 
@@ -889,9 +910,14 @@ fn resolve_cloud(
     name: &str,
     entry: &CloudEntry,
     env: &clouds_yaml::Environment,
+    warnings: &mut Vec<String>,
 ) -> Result<CloudConfig, String> {
     let merged = match &entry.cloud {
-        Some(reference) => clouds_yaml::merge_over(reference, entry, env)?,
+        Some(reference) => {
+            let resolved = clouds_yaml::merge_over(reference, entry, env)?;
+            warnings.extend(resolved.warnings);
+            resolved.entry
+        }
         None => entry.clone(),
     };
     let auth_type = merged
@@ -903,14 +929,30 @@ fn resolve_cloud(
         v.clone()
             .ok_or_else(|| format!("auth_type '{auth_type}' needs auth.{key}"))
     };
+    // A user or project named without a domain: `domain_*`, then `default_domain_*` (as
+    // openstacksdk's generic plugins do), else Keystone's own default domain. openstacksdk sends
+    // no domain at all there and Keystone refuses the request (400); guessing `default` is a
+    // deliberate difference, said once per cloud.
+    let guessed = std::cell::Cell::new(false);
     let domain = |id: &Option<String>, name: &Option<String>| -> DomainRef {
-        match (id, name, &a.domain_id, &a.domain_name) {
-            (Some(id), _, _, _) => DomainRef::Id(id.clone()),
-            (None, Some(n), _, _) => DomainRef::Name(n.clone()),
-            (None, None, Some(id), _) => DomainRef::Id(id.clone()),
-            (None, None, None, Some(n)) => DomainRef::Name(n.clone()),
-            // Keystone's default domain, as openstacksdk assumes.
-            _ => DomainRef::Id("default".into()),
+        let candidates = [
+            (id, false),
+            (name, true),
+            (&a.domain_id, false),
+            (&a.domain_name, true),
+            (&a.default_domain_id, false),
+            (&a.default_domain_name, true),
+        ];
+        match candidates
+            .iter()
+            .find_map(|(v, is_name)| v.as_ref().map(|v| (v, *is_name)))
+        {
+            Some((v, true)) => DomainRef::Name(v.clone()),
+            Some((v, false)) => DomainRef::Id(v.clone()),
+            None => {
+                guessed.set(true);
+                DomainRef::Id("default".into())
+            }
         }
     };
     let user = || -> Result<UserRef, String> {
@@ -999,9 +1041,18 @@ fn resolve_cloud(
              set image_endpoint_override to the Glance URL"
         ));
     }
+    if guessed.get() {
+        warnings.push(format!(
+            "cloud '{name}': no user or project domain is set, so Keystone's default domain \
+             'default' is used (openstacksdk would send none, and Keystone refuses that): set \
+             user_domain_name and project_domain_name (or domain_name) to be explicit"
+        ));
+    }
+    // For the image service: image_interface over interface, image_region_name over region_name.
     let interface = merged
-        .interface
+        .image_interface
         .clone()
+        .or_else(|| merged.interface.clone())
         .unwrap_or_else(|| "public".into())
         .trim_end_matches("URL")
         .to_string();
@@ -1021,9 +1072,15 @@ fn resolve_cloud(
     Ok(CloudConfig {
         name: name.to_string(),
         auth,
-        region_name: merged.region_name.clone(),
+        region_name: merged
+            .image_region_name
+            .clone()
+            .or_else(|| merged.region_name.clone()),
         interface,
-        cacert: merged.cacert.as_ref().map(PathBuf::from),
+        cacert: merged
+            .cacert
+            .as_deref()
+            .map(|c| clouds_yaml::expand_tilde(c, std::env::var("HOME").ok().as_deref())),
         verify,
         image_endpoint_override: merged.image_endpoint_override.clone(),
         project_id: merged.project_id.clone(),

@@ -16,6 +16,7 @@
 # Catalog: service "glance" (type image), endpoints public/internal/admin in
 #   region "region-source" -> $GLANCE_SOURCE_URL (default http://127.0.0.1:19392)
 #   region "region-target" -> $GLANCE_TARGET_URL (default http://127.0.0.1:19393)
+#   (the internal endpoints say "localhost" instead of 127.0.0.1: same server, other URL)
 # (Never give a Keystone resource the id "target": pycadf rejects the audit
 # notification and the API answers 500 after the row was written.)
 # Also registered: service "keystone" (identity) in RegionOne, by bootstrap.
@@ -195,8 +196,11 @@ for region in ('region-source', 'region-target'):
 svc = ensure('services', 'service', {'name': 'glance', 'type': 'image'})
 for region, ep in (('region-source', src), ('region-target', tgt)):
     for iface in ('public', 'internal', 'admin'):
+        # The internal endpoint names the same server as "localhost": a client that picks the
+        # wrong interface shows it.
+        url_ = ep.replace('127.0.0.1', 'localhost') if iface == 'internal' else ep
         call('POST', '/v3/endpoints', {'endpoint': {
-            'service_id': svc, 'interface': iface, 'region_id': region, 'url': ep}}, tok)
+            'service_id': svc, 'interface': iface, 'region_id': region, 'url': url_}}, tok)
 print('[keystone.sh] catalog: glance (image) region-source -> %s, region-target -> %s'
       % (src, tgt))
 PYEOF
