@@ -434,6 +434,17 @@ const CASES: &[Case] = &[
         expect: Expect::Same,
     },
     Case {
+        name: "a vendor profile of the installed openstacksdk",
+        files: &[(
+            ".config/openstack/clouds.yaml",
+            "clouds:\n  c:\n    profile: limestonenetworks\n    auth: {username: demo, password: '{pw}', project_name: demo, user_domain_name: Default, project_domain_name: Default}\n",
+        )],
+        // Where glance-sync finds openstacksdk's own profiles: the harness's virtualenv.
+        env: &[("VIRTUAL_ENV", "{venv}")],
+        cloud: "c",
+        expect: Expect::Same,
+    },
+    Case {
         name: "an unknown profile (openstacksdk only warns)",
         files: &[(
             ".config/openstack/clouds.yaml",
@@ -504,6 +515,10 @@ impl Fixture {
             .replace("{acid}", &self.acid)
             .replace("{acname}", &self.acname)
             .replace("{secret}", &self.secret)
+            .replace(
+                "{venv}",
+                &harness_dir().join("venv-glance").display().to_string(),
+            )
     }
 }
 
