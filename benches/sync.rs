@@ -891,6 +891,7 @@ fn plan_cpu(n: usize, reps: usize) -> (Vec<f64>, usize) {
         schedule: None,
         run_on_start: true,
         prune: Default::default(),
+        policies: Default::default(),
     };
     let input = PlanInput {
         job: &job,

@@ -868,6 +868,7 @@ mod tests {
             schedule: None,
             run_on_start: true,
             prune: Default::default(),
+            policies: Default::default(),
         }
     }
 

@@ -6,6 +6,10 @@
 
 mod clouds_yaml;
 mod permissions;
+mod policy;
+
+pub use policy::{Globs, MetadataRules, OwnerRule, PreserveIds, ProjectMap, TargetPolicy};
+use policy::{KeyPath, PathPart, key};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -242,6 +246,8 @@ pub struct Job {
     pub name: String,
     pub source: String,
     pub targets: Vec<String>,
+    /// What the job does on each target (ids, metadata rules); see [`Job::policy`].
+    pub policies: BTreeMap<String, TargetPolicy>,
     pub filter: Filter,
     /// When the daemon runs the job; `None` for jobs only run by `glance-sync run`.
     pub schedule: Option<Schedule>,
@@ -249,6 +255,16 @@ pub struct Job {
     pub prune: PrunePolicy,
     /// Whether the daemon runs the job as soon as it starts, before the first scheduled time.
     pub run_on_start: bool,
+}
+
+impl Job {
+    /// The job's policy on `target` (the default one for a cloud that is not its target).
+    pub fn policy(&self, target: &str) -> &TargetPolicy {
+        static DEFAULT: std::sync::OnceLock<TargetPolicy> = std::sync::OnceLock::new();
+        self.policies
+            .get(target)
+            .unwrap_or_else(|| DEFAULT.get_or_init(TargetPolicy::default))
+    }
 }
 
 /// Pruning of copies whose source image no longer exists. Only images glance-sync created are
@@ -288,6 +304,11 @@ pub struct Filter {
     tags: Vec<String>,
     visibility: Vec<String>,
     owners: Owners,
+    /// Property name and the glob its value must match.
+    properties: Vec<(String, Globs)>,
+    disk_formats: Vec<String>,
+    min_size: Option<u64>,
+    max_size: Option<u64>,
 }
 
 /// Whose private and shared source images a job copies, besides those of the project it
@@ -310,6 +331,10 @@ impl Filter {
             tags: vec![],
             visibility: vec![],
             owners: Owners::Own,
+            properties: vec![],
+            disk_formats: vec![],
+            min_size: None,
+            max_size: None,
         }
     }
 
@@ -331,10 +356,22 @@ impl Filter {
 
     pub fn selects(&self, image: &Image) -> bool {
         let name = image.name.as_deref().unwrap_or("");
+        let size = image.size.unwrap_or(0);
         self.include.as_ref().is_none_or(|g| g.is_match(name))
             && !self.exclude.is_match(name)
             && self.tags.iter().all(|t| image.tags.contains(t))
             && (self.visibility.is_empty() || self.visibility.contains(&image.visibility))
+            && self
+                .properties
+                .iter()
+                .all(|(k, g)| image.property(k).is_some_and(|v| g.is_match(v)))
+            && (self.disk_formats.is_empty()
+                || image
+                    .disk_format
+                    .as_ref()
+                    .is_some_and(|f| self.disk_formats.contains(f)))
+            && self.min_size.is_none_or(|min| size >= min)
+            && self.max_size.is_none_or(|max| size <= max)
     }
 }
 
@@ -504,7 +541,10 @@ pub(crate) const AUTH_KEYS: &[&str] = &[
 struct JobEntry {
     name: String,
     source: String,
-    targets: Vec<String>,
+    /// Cloud names, or tables `{ cloud, preserve_ids, metadata }` (read by `policy`).
+    targets: Vec<toml::Value>,
+    preserve_ids: Option<toml::Value>,
+    metadata: Option<toml::Value>,
     #[serde(default)]
     filter: FilterEntry,
     schedule: Option<String>,
@@ -530,6 +570,12 @@ struct FilterEntry {
     /// Project ids whose private and shared images the job copies too; `["*"]` for all.
     #[serde(default)]
     owners: Vec<String>,
+    /// Property name → glob; all must match.
+    properties: Option<toml::Value>,
+    #[serde(default)]
+    disk_formats: Vec<String>,
+    min_size: Option<toml::Value>,
+    max_size: Option<toml::Value>,
 }
 
 const VISIBILITIES: &[&str] = &["public", "community", "shared", "private"];
@@ -586,21 +632,24 @@ impl Config {
             ));
         }
         let mut names = BTreeSet::new();
-        let spans: Option<FileSpans> = toml::from_str(text).ok();
         let mut jobs = Vec::new();
         for (i, job) in file.jobs.iter().enumerate() {
-            let validated = validate_job(job, &clouds, &mut names).map_err(|(key, message)| {
-                let job_spans = spans.as_ref().and_then(|s| s.jobs.get(i));
-                let at = job_spans.and_then(|j| {
-                    j.get_ref()
-                        .start_of(key)
-                        .map(|o| format!("line {}, key '{key}'", line_of(text, o)))
-                        .or_else(|| {
-                            Some(format!(
-                                "line {} ([[jobs]] entry)",
-                                line_of(text, j.span().start)
-                            ))
-                        })
+            let validated = validate_job(job, &clouds, &mut names).map_err(|(path, message)| {
+                let mut full = vec![PathPart::Key("jobs".into()), PathPart::Index(i)];
+                full.extend(path.iter().cloned());
+                let named = path
+                    .iter()
+                    .map(|p| match p {
+                        PathPart::Key(k) => format!(".{k}"),
+                        PathPart::Index(i) => format!("[{i}]"),
+                    })
+                    .collect::<String>();
+                let at = policy::line_of_path(text, &full).map(|line| {
+                    if named.is_empty() {
+                        format!("line {line} ([[jobs]] entry)")
+                    } else {
+                        format!("line {line}, key '{}'", named.trim_start_matches('.'))
+                    }
                 });
                 invalid(match at {
                     Some(at) => format!("{at}: {message}"),
@@ -714,99 +763,176 @@ fn validate_job(
     job: &JobEntry,
     clouds: &BTreeMap<String, CloudConfig>,
     names: &mut BTreeSet<String>,
-) -> Result<Job, (&'static str, String)> {
+) -> Result<Job, policy::Invalid> {
     let at = format!("job '{}'", job.name);
+    let err = |path: &[&str], message: String| (key(path), format!("{at}: {message}"));
     if job.name.is_empty() {
-        return Err(("name", "a job has an empty name".into()));
+        return Err((key(&["name"]), "a job has an empty name".into()));
     }
     if !names.insert(job.name.clone()) {
-        return Err(("name", format!("{at} is defined twice")));
+        return Err(err(&["name"], "is defined twice".into()));
     }
     let known = || clouds.keys().cloned().collect::<Vec<_>>().join(", ");
     if !clouds.contains_key(&job.source) {
-        return Err((
-            "source",
+        return Err(err(
+            &["source"],
             format!(
-                "{at}: source '{}' is not a cloud defined under [clouds] (defined: {})",
+                "source '{}' is not a cloud defined under [clouds] (defined: {})",
                 job.source,
                 known()
             ),
         ));
     }
     if job.targets.is_empty() {
-        return Err((
-            "targets",
-            format!("{at}: targets is empty; name at least one cloud"),
+        return Err(err(
+            &["targets"],
+            "targets is empty; name at least one cloud".into(),
         ));
     }
-    let mut seen = BTreeSet::new();
-    for t in &job.targets {
-        if !clouds.contains_key(t) {
+    let prefixed = |(path, message): policy::Invalid| (path, format!("{at}: {message}"));
+    let job_preserve = match &job.preserve_ids {
+        Some(v) => policy::preserve_ids(v, &key(&["preserve_ids"])).map_err(prefixed)?,
+        None => PreserveIds::Off,
+    };
+    let job_metadata = match &job.metadata {
+        Some(v) => {
+            policy::metadata(v, &key(&["metadata"]), &MetadataRules::default()).map_err(prefixed)?
+        }
+        None => MetadataRules::default(),
+    };
+    let mut targets = Vec::new();
+    let mut policies = BTreeMap::new();
+    for (i, entry) in job.targets.iter().enumerate() {
+        let here: KeyPath = vec![PathPart::Key("targets".into()), PathPart::Index(i)];
+        let sub = |k: &str| {
+            let mut p = here.clone();
+            p.push(PathPart::Key(k.into()));
+            p
+        };
+        let mut target_policy = TargetPolicy {
+            preserve_ids: job_preserve,
+            metadata: job_metadata.clone(),
+        };
+        let t = match entry {
+            toml::Value::String(t) => t.clone(),
+            toml::Value::Table(table) => {
+                for k in table.keys() {
+                    if !["cloud", "preserve_ids", "metadata"].contains(&k.as_str()) {
+                        return Err((
+                            sub(k),
+                            format!(
+                                "{at}: unknown key '{k}' in a target (cloud, preserve_ids, metadata)"
+                            ),
+                        ));
+                    }
+                }
+                let cloud = table
+                    .get("cloud")
+                    .and_then(toml::Value::as_str)
+                    .ok_or_else(|| {
+                        (
+                            here.clone(),
+                            format!("{at}: a target table needs cloud = \"NAME\""),
+                        )
+                    })?;
+                if let Some(v) = table.get("preserve_ids") {
+                    target_policy.preserve_ids =
+                        policy::preserve_ids(v, &sub("preserve_ids")).map_err(prefixed)?;
+                }
+                if let Some(v) = table.get("metadata") {
+                    target_policy.metadata =
+                        policy::metadata(v, &sub("metadata"), &job_metadata).map_err(prefixed)?;
+                }
+                cloud.to_string()
+            }
+            other => {
+                return Err((
+                    here,
+                    format!(
+                        "{at}: a target is a cloud name or a table, not {}",
+                        other.type_str()
+                    ),
+                ));
+            }
+        };
+        if !clouds.contains_key(&t) {
             return Err((
-                "targets",
+                here,
                 format!(
                     "{at}: target '{t}' is not a cloud defined under [clouds] (defined: {})",
                     known()
                 ),
             ));
         }
-        if t == &job.source {
+        if t == job.source {
             return Err((
-                "targets",
+                here,
                 format!(
                     "{at}: cloud '{t}' is both source and target; an image cannot be copied onto itself"
                 ),
             ));
         }
-        if !seen.insert(t) {
-            return Err(("targets", format!("{at}: target '{t}' is listed twice")));
+        if targets.contains(&t) {
+            return Err((here, format!("{at}: target '{t}' is listed twice")));
         }
+        targets.push(t.clone());
+        policies.insert(t, target_policy);
     }
     for v in &job.filter.visibility {
         if !VISIBILITIES.contains(&v.as_str()) {
-            return Err((
-                "filter",
+            return Err(err(
+                &["filter", "visibility"],
                 format!(
-                    "{at}: filter.visibility '{v}' is not one of {}",
+                    "filter.visibility '{v}' is not one of {}",
                     VISIBILITIES.join(", ")
                 ),
             ));
         }
     }
-    let globs = |patterns: &[String], key: &str| -> Result<GlobSet, (&'static str, String)> {
+    let globs = |patterns: &[String], name: &str| -> Result<GlobSet, policy::Invalid> {
         let mut b = GlobSetBuilder::new();
         for p in patterns {
-            b.add(Glob::new(p).map_err(|e| ("filter", format!("{at}: filter.{key} '{p}': {e}")))?);
+            b.add(
+                Glob::new(p)
+                    .map_err(|e| err(&["filter", name], format!("filter.{name} '{p}': {e}")))?,
+            );
         }
         b.build()
-            .map_err(|e| ("filter", format!("{at}: filter.{key}: {e}")))
+            .map_err(|e| err(&["filter", name], format!("filter.{name}: {e}")))
     };
     let schedule = match (&job.schedule, &job.interval, &job.timezone) {
         (Some(_), Some(_), _) => {
-            return Err((
-                "interval",
-                format!("{at}: set schedule or interval, not both"),
+            return Err(err(
+                &["interval"],
+                "set schedule or interval, not both".into(),
             ));
         }
         (None, _, Some(_)) => {
-            return Err((
-                "timezone",
-                format!("{at}: timezone applies to schedule, which is not set"),
+            return Err(err(
+                &["timezone"],
+                "timezone applies to schedule, which is not set".into(),
             ));
         }
         (Some(expr), None, tz) => {
-            let key = if e_is_tz(expr, tz.as_deref()) {
+            let k = if e_is_tz(expr, tz.as_deref()) {
                 "timezone"
             } else {
                 "schedule"
             };
-            Some(Schedule::cron(expr, tz.as_deref()).map_err(|e| (key, format!("{at}: {e}")))?)
+            Some(Schedule::cron(expr, tz.as_deref()).map_err(|e| err(&[k], e.to_string()))?)
         }
         (None, Some(d), None) => Some(Schedule::Interval(
-            positive_duration(Some(*d), 0, "interval")
-                .map_err(|e| ("interval", format!("{at}: {e}")))?,
+            positive_duration(Some(*d), 0, "interval").map_err(|e| err(&["interval"], e))?,
         )),
         (None, None, None) => None,
+    };
+    let size = |v: &Option<toml::Value>, name: &str| -> Result<Option<u64>, policy::Invalid> {
+        v.as_ref()
+            .map(|v| {
+                policy::size(v, &key(&["filter", name]), &format!("filter.{name}"))
+                    .map_err(prefixed)
+            })
+            .transpose()
     };
     Ok(Job {
         schedule,
@@ -817,11 +943,9 @@ fn validate_job(
                 Some("hide") => PruneMode::Hide,
                 Some("delete") => PruneMode::Delete,
                 Some(other) => {
-                    return Err((
-                        "prune",
-                        format!(
-                            "{at}: prune = \"{other}\" is not one of \"off\", \"hide\", \"delete\""
-                        ),
+                    return Err(err(
+                        &["prune"],
+                        format!("prune = \"{other}\" is not one of \"off\", \"hide\", \"delete\""),
                     ));
                 }
             },
@@ -830,7 +954,8 @@ fn validate_job(
         },
         name: job.name.clone(),
         source: job.source.clone(),
-        targets: job.targets.clone(),
+        targets,
+        policies,
         filter: Filter {
             include: if job.filter.include.is_empty() {
                 None
@@ -844,16 +969,24 @@ fn validate_job(
                 [] => Owners::Own,
                 [all] if all == "*" => Owners::All,
                 ids if ids.iter().any(|id| id == "*") => {
-                    return Err((
-                        "filter",
-                        format!(
-                            "{at}: filter.owners mixes \"*\" with project ids; \"*\" alone means \
-                             every project"
-                        ),
+                    return Err(err(
+                        &["filter", "owners"],
+                        "filter.owners mixes \"*\" with project ids; \"*\" alone means every \
+                         project"
+                            .into(),
                     ));
                 }
                 ids => Owners::Listed(ids.to_vec()),
             },
+            properties: match &job.filter.properties {
+                Some(v) => {
+                    policy::property_globs(v, &key(&["filter", "properties"])).map_err(prefixed)?
+                }
+                None => vec![],
+            },
+            disk_formats: job.filter.disk_formats.clone(),
+            min_size: size(&job.filter.min_size, "min_size")?,
+            max_size: size(&job.filter.max_size, "max_size")?,
         },
     })
 }
@@ -861,47 +994,6 @@ fn validate_job(
 /// Whether a cron schedule fails because of its time zone rather than its expression.
 fn e_is_tz(expr: &str, tz: Option<&str>) -> bool {
     Schedule::cron(expr, None).is_ok() && tz.is_some()
-}
-
-/// Where each key of a `[[jobs]]` entry stands in the file, to name the line of an error.
-#[derive(Deserialize)]
-struct JobSpans {
-    name: Option<toml::Spanned<toml::Value>>,
-    source: Option<toml::Spanned<toml::Value>>,
-    targets: Option<toml::Spanned<toml::Value>>,
-    schedule: Option<toml::Spanned<toml::Value>>,
-    timezone: Option<toml::Spanned<toml::Value>>,
-    interval: Option<toml::Spanned<toml::Value>>,
-    prune: Option<toml::Spanned<toml::Value>>,
-    filter: Option<toml::Spanned<toml::Value>>,
-}
-
-#[derive(Deserialize)]
-struct FileSpans {
-    #[serde(default)]
-    jobs: Vec<toml::Spanned<JobSpans>>,
-}
-
-impl JobSpans {
-    fn start_of(&self, key: &str) -> Option<usize> {
-        let v = match key {
-            "name" => &self.name,
-            "source" => &self.source,
-            "targets" => &self.targets,
-            "schedule" => &self.schedule,
-            "timezone" => &self.timezone,
-            "interval" => &self.interval,
-            "prune" => &self.prune,
-            "filter" => &self.filter,
-            _ => &None,
-        };
-        v.as_ref().map(|s| s.span().start)
-    }
-}
-
-/// 1-based line of a byte offset.
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
 /// Merges the TOML entry over the clouds.yaml entry it refers to, then turns the result into a
@@ -1186,7 +1278,101 @@ visibility = ["public", "community"]
             .unwrap_err()
             .to_string();
         assert!(err.contains("target 'dr' is not a cloud"), "{err}");
-        assert!(err.contains("test.toml: line 23, key 'targets'"), "{err}");
+        assert!(
+            err.contains("test.toml: line 23, key 'targets[0]'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn targets_may_be_tables_that_override_the_jobs_policy() {
+        let text = BASE.replace(
+            "targets = [\"lab\"]",
+            "targets = [{ cloud = \"lab\", preserve_ids = \"require\", metadata = { visibility = \"private\" } }]\n\
+             preserve_ids = \"prefer\"\n\
+             [jobs.metadata]\nvisibility = \"shared\"\nadd_tags = [\"replica\"]\n\
+             set_properties = { replicated_by = \"glance-sync\" }\nignore_properties = [\"site_*\"]\n\
+             owner = \"source\"\nmembers = true\nproject_map = { \"*\" = \"*\", a = \"b\" }",
+        );
+        let cfg = parse(&text).unwrap();
+        let job = &cfg.jobs[0];
+        let p = job.policy("lab");
+        assert_eq!(p.preserve_ids, PreserveIds::Require);
+        assert_eq!(p.metadata.visibility.as_deref(), Some("private"));
+        assert!(
+            p.metadata.add_tags.contains("replica"),
+            "the job's rules stay"
+        );
+        assert!(p.metadata.ignore_properties.is_match("site_x"));
+        assert_eq!(p.metadata.owner, OwnerRule::Source);
+        assert_eq!(p.metadata.project_map.map("a").as_deref(), Some("b"));
+        assert_eq!(p.metadata.project_map.map("z").as_deref(), Some("z"));
+    }
+
+    #[test]
+    fn a_bad_policy_value_names_its_line_and_key() {
+        for (replacement, line, key_name) in [
+            (
+                "[jobs.metadata]\nvisibility = \"everyone\"",
+                25,
+                "metadata.visibility",
+            ),
+            (
+                "[jobs.metadata]\nignore_tags = [\"a[\"]",
+                25,
+                "metadata.ignore_tags[0]",
+            ),
+            (
+                "[jobs.metadata]\nproject_map = { a = 3 }",
+                25,
+                "metadata.project_map.a",
+            ),
+            ("preserve_ids = \"maybe\"", 24, "preserve_ids"),
+        ] {
+            let text = BASE.replace("[jobs.filter]", &format!("{replacement}\n[jobs.filter]"));
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("line {line}, key '{key_name}'")),
+                "{replacement}: {err}"
+            );
+        }
+        let text = BASE.replace(
+            "tags = [\"golden\"]",
+            "tags = [\"golden\"]\nmin_size = \"lots\"",
+        );
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("key 'filter.min_size'"), "{err}");
+    }
+
+    #[test]
+    fn filters_select_by_property_disk_format_and_size() {
+        let text = BASE.replace(
+            "tags = [\"golden\"]\nvisibility = [\"public\", \"community\"]",
+            "disk_formats = [\"qcow2\"]\nmin_size = \"1KiB\"\nmax_size = \"1MiB\"\n\
+             properties = { os_distro = \"ubuntu*\" }",
+        );
+        let cfg = parse(&text).unwrap();
+        let f = &cfg.jobs[0].filter;
+        let mut img = crate::image::tests::image("i", "ubuntu-24.04", "m");
+        img.disk_format = Some("qcow2".into());
+        img.size = Some(4096);
+        img.extra.insert("os_distro".into(), "ubuntu".into());
+        assert!(f.selects(&img));
+        for broken in [
+            |i: &mut Image| i.disk_format = Some("raw".into()),
+            |i: &mut Image| i.size = Some(100),
+            |i: &mut Image| i.size = Some(2 << 20),
+            |i: &mut Image| {
+                i.extra.insert("os_distro".into(), "debian".into());
+            },
+            |i: &mut Image| {
+                i.extra.remove("os_distro");
+            },
+        ] {
+            let mut other = img.clone();
+            broken(&mut other);
+            assert!(!f.selects(&other), "{other:?}");
+        }
     }
 
     #[test]
