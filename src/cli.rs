@@ -362,13 +362,20 @@ fn summary_line(r: &JobReport, seconds: f64) -> String {
         ));
     }
     for x in r.results.iter().filter(|x| x.error.is_some()) {
+        let what = x.action.describe();
+        let error = x.error.as_deref().unwrap_or("");
+        // A refusal's description is its reason: said once.
+        let said = if what.contains(error) {
+            String::new()
+        } else {
+            format!(": {}", escape(error))
+        };
         line.push_str(&format!(
-            "\n  FAILED {} '{}' ({}) on {}: {}",
-            escape(&x.action.describe()),
+            "\n  FAILED {} '{}' ({}) on {}{said}",
+            escape(&what),
             escape(x.action.name.as_deref().unwrap_or("")),
             x.action.source_id,
             x.action.target,
-            escape(x.error.as_deref().unwrap_or(""))
         ));
     }
     line

@@ -17,7 +17,7 @@ use crate::config::{Config, Job};
 use crate::glance::{GlanceClient, GlanceError};
 use crate::image::Image;
 use crate::metrics::Metrics;
-use crate::plan::{self, Action, ActionKind, Ledger, Plan, PlanInput};
+use crate::plan::{self, Action, ActionKind, Ledger, NewCopyId, Plan, PlanInput};
 use crate::progress::Progress;
 use crate::state::{Outcome, RunSummary, State, StateError};
 use crate::transfer::{self, CopyTarget, FailureReason};
@@ -426,19 +426,39 @@ impl Execution<'_> {
                 target_id,
                 protect,
                 create_body,
+                id,
+                fallback_body,
             } = &action.kind
             else {
                 unreachable!("copy groups hold copies only")
             };
-            let taken = self.state.record_copy_started(
-                &self.job.name,
-                self.run_id,
-                self.ledger_mark,
-                &self.job.source,
-                image,
-                &action.target,
-                target_id,
-            )?;
+            // Every id the copy may get is in the ledger before the create call; an id the target
+            // refuses is forgotten again afterwards.
+            let record = |target_id: &str| {
+                self.state.record_copy_started(
+                    &self.job.name,
+                    self.run_id,
+                    self.ledger_mark,
+                    &self.job.source,
+                    image,
+                    &action.target,
+                    target_id,
+                )
+            };
+            let mut taken = record(target_id)?;
+            let fallback = match (id, fallback_body) {
+                (
+                    NewCopyId::Source {
+                        fallback: Some(other),
+                        ..
+                    },
+                    Some(body),
+                ) if taken.is_none() => {
+                    taken = record(other)?;
+                    Some((other.clone(), body.clone()))
+                }
+                _ => None,
+            };
             if let Some(taken) = taken {
                 // Another job planned this copy at the same moment and got there first.
                 action.kind = match taken.run_id {
@@ -470,6 +490,9 @@ impl Execution<'_> {
                 target_id: target_id.clone(),
                 create_body: create_body.clone(),
                 protect: *protect,
+                reuse_existing: matches!(id, NewCopyId::Reuse { .. }),
+                preserving_id: matches!(id, NewCopyId::Source { .. }),
+                fallback,
             });
             group_copying.push(action);
         }
@@ -499,6 +522,25 @@ impl Execution<'_> {
                 .expect("one outcome per target");
             let error = outcome.result.as_ref().err().map(|e| e.message.clone());
             let failure = outcome.result.as_ref().err().map(|e| e.reason);
+            // The ids this copy did not get are not ours: the source's id the target refused
+            // (another image holds it), or the fallback it did not need.
+            let mut unused: Vec<&str> = outcome.refused_ids.iter().map(String::as_str).collect();
+            if let ActionKind::Copy {
+                id:
+                    NewCopyId::Source {
+                        fallback: Some(other),
+                        ..
+                    },
+                ..
+            } = &action.kind
+                && *other != outcome.target_id
+            {
+                unused.push(other);
+            }
+            for id in unused {
+                self.state.copy_settled(&action.target, id)?;
+                self.state.record_deleted(&action.target, id)?;
+            }
             self.state
                 .copy_settled(&action.target, &outcome.target_id)?;
             match &error {
@@ -577,7 +619,7 @@ impl Execution<'_> {
         delete: bool,
         unprotect: bool,
     ) -> Result<(), GlanceError> {
-        let set = |key: &str, value: bool| crate::image::PatchOp {
+        let set = |key: &str, value: bool| crate::metadata::PatchOp {
             op: "replace",
             path: format!("/{key}"),
             value: Some(value.into()),
@@ -653,7 +695,13 @@ impl Execution<'_> {
                 self.prune(client, &action.target, target_id, *delete, *unprotect)
                     .await
             }
-            ActionKind::PruneRefused { reason, .. } => {
+            ActionKind::PruneRefused { reason, .. } | ActionKind::Refused { reason } => {
+                tracing::error!(
+                    job = %self.job.name, image = action.name.as_deref().unwrap_or(""),
+                    source_id = %action.source_id, target = %action.target, result = "refused",
+                    "'{}' on {}: {}", action.name.as_deref().unwrap_or(""), action.target,
+                    action.describe()
+                );
                 return Ok(ActionResult {
                     error: Some(reason.clone()),
                     action,
@@ -808,5 +856,6 @@ fn result_word(kind: &ActionKind) -> &'static str {
         ActionKind::Prune { delete: true, .. } => "pruned_deleted",
         ActionKind::Prune { delete: false, .. } => "pruned_hidden",
         ActionKind::PruneRefused { .. } => "prune_refused",
+        ActionKind::Refused { .. } => "refused",
     }
 }

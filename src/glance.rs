@@ -12,7 +12,8 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::Value;
 
 use crate::auth::{Access, AuthError, CloudSession, error_chain};
-use crate::image::{Image, PatchOp};
+use crate::image::Image;
+use crate::metadata::PatchOp;
 
 const PATCH_MEDIA_TYPE: &str = "application/openstack-images-v2.1-json-patch";
 /// Glance caps `limit` at 1000 silently; asking for it saves round trips on big clouds.

@@ -1,7 +1,7 @@
 //! glance-sync: keeps OpenStack Glance images identical across clouds.
 //!
 //! The data path, module by module: [`config`] (the policy) → [`auth`] + [`glance`] (listing both
-//! sides) → [`plan`] (pure diff into actions) → [`transfer`] (streaming copy) → [`verify`]
+//! sides) → [`plan`] (pure diff into actions, with [`metadata`] for what copies carry) → [`transfer`] (streaming copy) → [`verify`]
 //! (digests and checks) → [`state`] (record). [`engine`] drives that path for one job.
 //! See ARCHITECTURE.md for the codemap and the invariants.
 
@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod engine;
 pub mod glance;
 pub mod image;
+pub mod metadata;
 pub mod metrics;
 pub mod plan;
 pub mod progress;

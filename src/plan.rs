@@ -13,10 +13,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::config::{Job, PruneMode};
-use crate::image::{
-    self, Image, PatchOp, create_body, current_metadata, desired_metadata, metadata_patch,
-    provably_different_content, same_content, same_identity,
+use crate::config::{Job, PreserveIds, PruneMode};
+use crate::image::{Image, provably_different_content, same_content, same_identity};
+use crate::metadata::{
+    PatchOp, create_body, current_metadata, describe_patch, desired_metadata, metadata_patch,
 };
 
 /// What the state database knows about the images glance-sync created, as planning needs it.
@@ -202,6 +202,11 @@ pub enum ActionKind {
         protect: bool,
         #[serde(skip)]
         create_body: Value,
+        /// How `target_id` was chosen (`preserve_ids`).
+        id: NewCopyId,
+        /// The create body under the fallback id, when the source's id may be refused.
+        #[serde(skip)]
+        fallback_body: Option<Value>,
     },
     /// Patch our copy's metadata to match the source, in one request.
     UpdateMetadata {
@@ -257,6 +262,11 @@ pub enum ActionKind {
         /// A protected copy, pruned because the job allows it: unprotected first.
         unprotect: bool,
     },
+    /// The job's rules cannot be followed for this image: nothing is done; counts as a failure
+    /// of the run.
+    Refused {
+        reason: String,
+    },
     /// A prune the job's `max_deletes` guard refused; counts as a failure of the run.
     PruneRefused {
         target_id: String,
@@ -268,12 +278,18 @@ impl Action {
     /// The action as one short phrase, for tables and logs.
     pub fn describe(&self) -> String {
         match &self.kind {
-            ActionKind::Copy { protect, .. } => {
-                if *protect {
-                    "copy (then protect)".into()
-                } else {
-                    "copy".into()
-                }
+            ActionKind::Copy { protect, id, .. } => {
+                let how = match id {
+                    NewCopyId::New { .. } => String::new(),
+                    NewCopyId::Source { .. } => " with the source's id".into(),
+                    NewCopyId::Reuse { .. } => {
+                        " into our unfinished copy that has the source's id (queued)".into()
+                    }
+                    NewCopyId::NewBecauseTaken { held_by, .. } => format!(
+                        " with a new id: the source's is held by {held_by} (preserve_ids = prefer)"
+                    ),
+                };
+                format!("copy{how}{}", if *protect { " (then protect)" } else { "" })
             }
             ActionKind::UpdateMetadata { changes, .. } => format!("update metadata: {changes}"),
             ActionKind::Relink {
@@ -313,7 +329,8 @@ impl Action {
                     ""
                 }
             ),
-            ActionKind::PruneRefused { .. } => "prune refused".into(),
+            ActionKind::PruneRefused { reason, .. } => format!("prune refused: {reason}"),
+            ActionKind::Refused { reason } => format!("not copied: {reason}"),
         }
     }
 
@@ -329,7 +346,7 @@ impl Action {
             | ActionKind::DeleteFailedCopy { target_id, .. }
             | ActionKind::Prune { target_id, .. }
             | ActionKind::PruneRefused { target_id, .. } => Some(target_id),
-            ActionKind::Skip { .. } => None,
+            ActionKind::Skip { .. } | ActionKind::Refused { .. } => None,
         }
     }
 
@@ -341,6 +358,7 @@ impl Action {
                 | ActionKind::InFlight { .. }
                 | ActionKind::Skip { .. }
                 | ActionKind::PruneRefused { .. }
+                | ActionKind::Refused { .. }
         )
     }
 }
@@ -411,19 +429,24 @@ fn audience(visibility: &str) -> u8 {
 /// be public; or when glance-sync's own project owns it and it is seen at least as widely as the
 /// copy would be. Otherwise any tenant could block replication by uploading a private image with
 /// the same bytes, and a hidden or deactivated image would pass for a usable copy.
-fn stands_in(image: &Image, copy: &Image, target_project: Option<&str>) -> bool {
-    if !image.is_active() || (image.os_hidden && !copy.os_hidden) {
+fn stands_in(
+    image: &Image,
+    copy_visibility: &str,
+    copy_hidden: bool,
+    target_project: Option<&str>,
+) -> bool {
+    if !image.is_active() || (image.os_hidden && !copy_hidden) {
         return false;
     }
     let Some(project) = target_project else {
         return true; // no known project: every image counts as the cloud's own
     };
     if image.owner.as_deref() == Some(project) {
-        return audience(&image.visibility) >= audience(&copy.visibility);
+        return audience(&image.visibility) >= audience(copy_visibility);
     }
     match image.visibility.as_str() {
         "public" => true,
-        "community" => copy.visibility != "public",
+        "community" => copy_visibility != "public",
         _ => false,
     }
 }
@@ -437,8 +460,83 @@ enum Decision<'a> {
     /// Someone else's image already holds the identity.
     Foreign(&'a Image),
     InFlight(&'a Image, &'a InFlight),
-    Copy(String),
+    Copy(NewCopyId),
     Skip(String),
+    /// The job's rules cannot be followed for this image (it is not copied, and that counts as
+    /// a failure).
+    Refused(String),
+}
+
+/// The id a new copy gets, and why.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "id_choice", rename_all = "snake_case")]
+pub enum NewCopyId {
+    /// A new id of ours (`preserve_ids = off`).
+    New { id: String },
+    /// The source image's id. With `prefer`, `fallback` is used if the target refuses it (an
+    /// invisible or deleted image held it).
+    Source {
+        id: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        fallback: Option<String>,
+    },
+    /// Our unfinished copy that already has the source's id: uploaded into, not created.
+    Reuse { id: String },
+    /// A new id because the source's is held on the target (`prefer`).
+    NewBecauseTaken { id: String, held_by: String },
+}
+
+impl NewCopyId {
+    pub fn id(&self) -> &str {
+        match self {
+            NewCopyId::New { id }
+            | NewCopyId::Source { id, .. }
+            | NewCopyId::Reuse { id }
+            | NewCopyId::NewBecauseTaken { id, .. } => id,
+        }
+    }
+}
+
+/// The id for a new copy of `source` under `preserve`, given the image (if any) the target holds
+/// under the source's id.
+fn copy_id(
+    source: &Image,
+    preserve: PreserveIds,
+    holder: Option<(&Image, Option<&OwnedImage>)>,
+    new_id: &mut dyn FnMut() -> String,
+) -> Result<NewCopyId, String> {
+    if preserve == PreserveIds::Off {
+        return Ok(NewCopyId::New { id: new_id() });
+    }
+    let Some((holder, holder_ledger)) = holder else {
+        return Ok(NewCopyId::Source {
+            id: source.id.clone(),
+            fallback: (preserve == PreserveIds::Prefer).then(&mut *new_id),
+        });
+    };
+    let ours_unfinished = holder.status == "queued"
+        && holder_ledger.is_some_and(|o| o.source_id == source.id && o.in_flight.is_none());
+    if ours_unfinished {
+        return Ok(NewCopyId::Reuse {
+            id: holder.id.clone(),
+        });
+    }
+    let held_by = format!(
+        "image '{}' ({}, owner {})",
+        holder.name.as_deref().unwrap_or(""),
+        holder.status,
+        holder.owner.as_deref().unwrap_or("none")
+    );
+    match preserve {
+        PreserveIds::Require => Err(format!(
+            "the source's id {} is held on the target by {held_by} (preserve_ids = require)",
+            source.id
+        )),
+        _ => Ok(NewCopyId::NewBecauseTaken {
+            id: new_id(),
+            held_by,
+        }),
+    }
 }
 
 pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
@@ -515,7 +613,9 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
     for target in &job.targets {
         let images = input.target_images.get(target).unwrap_or(&empty);
         let target_project = input.projects.get(target).map(String::as_str);
+        let policy = job.policy(target);
         let owned = |i: &Image| input.ledger.owned(target, &i.id);
+        let by_id: HashMap<&str, &Image> = images.iter().map(|i| (i.id.as_str(), i)).collect();
         // This job's images on the target, as the ledger records them, and the copies in
         // flight of any job (another job may be copying the same source image right now).
         let mut ours: Vec<(&Image, &OwnedImage)> = Vec::new();
@@ -566,6 +666,15 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
         // to pruning.
         let mut usable: Vec<(&Image, &OwnedImage)> = Vec::new();
         for (img, o) in ours {
+            // A source image's id lost to a delete is lost for good (Glance never reuses ids): a
+            // half-made copy that still has it is uploaded into again, not deleted.
+            let reusable = policy.preserve_ids != PreserveIds::Off
+                && img.status == "queued"
+                && img.id == o.source_id
+                && originals.contains_key(o.source_id.as_str());
+            if reusable {
+                continue;
+            }
             let why = if !img.is_established() {
                 format!("unfinished copy (status {})", img.status)
             } else if let Some(source) = originals
@@ -618,6 +727,11 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
                 decisions.insert((target, &s.id), Decision::Skip(reason.clone()));
                 continue;
             }
+            let copy_visibility = policy
+                .metadata
+                .visibility
+                .as_deref()
+                .unwrap_or(&s.visibility);
             let mine = ours_by_source
                 .get(s.id.as_str())
                 .into_iter()
@@ -640,7 +754,10 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
                     .into_iter()
                     .flatten()
                     .copied()
-                    .find(|c| same_identity(s, c) && stands_in(c, s, target_project))
+                    .find(|c| {
+                        same_identity(s, c)
+                            && stands_in(c, copy_visibility, s.os_hidden, target_project)
+                    })
             };
             let decision = if let Some(c) = mine {
                 Decision::Ours(c)
@@ -659,7 +776,13 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
             } else if s.is_deactivated() {
                 Decision::Skip("deactivated on the source and never copied".into())
             } else {
-                Decision::Copy(new_id())
+                let holder = by_id
+                    .get(s.id.as_str())
+                    .map(|h| (*h, input.ledger.owned(target, &h.id)));
+                match copy_id(s, policy.preserve_ids, holder, new_id) {
+                    Ok(id) => Decision::Copy(id),
+                    Err(reason) => Decision::Refused(reason),
+                }
             };
             decisions.insert((target, &s.id), decision);
         }
@@ -674,8 +797,8 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
                     | Decision::Relink(c, _)
                     | Decision::Foreign(c)
                     | Decision::InFlight(c, _) => Some(c.id.clone()),
-                    Decision::Copy(id) => Some(id.clone()),
-                    Decision::Skip(_) => None,
+                    Decision::Copy(id) => Some(id.id().to_string()),
+                    Decision::Skip(_) | Decision::Refused(_) => None,
                 }
             };
             let action = |kind| Action {
@@ -699,29 +822,56 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
                     job: f.job.clone(),
                     run_id: f.run_id,
                 })),
+                Decision::Refused(reason) => actions.push(action(ActionKind::Refused {
+                    reason: reason.clone(),
+                })),
                 Decision::Copy(id) => {
-                    let meta = desired_metadata(s, &job.source, copy_id_of);
+                    let rules = &job.policy(target).metadata;
+                    let meta = match desired_metadata(s, &job.source, copy_id_of, rules) {
+                        Ok(meta) => meta,
+                        Err(reason) => {
+                            actions.push(action(ActionKind::Refused { reason }));
+                            continue;
+                        }
+                    };
+                    let fallback_body = match id {
+                        NewCopyId::Source {
+                            fallback: Some(other),
+                            ..
+                        } => Some(create_body(other, s, &meta)),
+                        _ => None,
+                    };
                     actions.push(action(ActionKind::Copy {
-                        target_id: id.clone(),
+                        target_id: id.id().to_string(),
                         protect: meta.protected,
-                        create_body: create_body(id, s, &meta),
+                        create_body: create_body(id.id(), s, &meta),
+                        id: id.clone(),
+                        fallback_body,
                     }));
                 }
                 Decision::Ours(c) | Decision::Relink(c, _) => {
-                    let desired = desired_metadata(s, &job.source, copy_id_of);
-                    let patch = metadata_patch(&current_metadata(c), &desired);
+                    let rules = &job.policy(target).metadata;
+                    let desired = match desired_metadata(s, &job.source, copy_id_of, rules) {
+                        Ok(desired) => desired,
+                        Err(reason) => {
+                            actions.push(action(ActionKind::Refused { reason }));
+                            continue;
+                        }
+                    };
+                    let patch = metadata_patch(&current_metadata(c), &desired, rules);
+                    let changes = describe_patch(&patch, &desired.by_rule);
                     let before = actions.len();
                     if let Decision::Relink(_, previous) = decision {
                         actions.push(action(ActionKind::Relink {
                             target_id: c.id.clone(),
                             previous_source_id: previous.to_string(),
-                            changes: image::describe_patch(&patch),
+                            changes,
                             patch,
                         }));
                     } else if !patch.is_empty() {
                         actions.push(action(ActionKind::UpdateMetadata {
                             target_id: c.id.clone(),
-                            changes: image::describe_patch(&patch),
+                            changes,
                             patch,
                         }));
                     }
@@ -1810,6 +1960,133 @@ mod tests {
             p.unadopted[0]
                 .verdict
                 .contains("another glance-sync's copy in flight")
+        );
+    }
+
+    fn preserving(mode: PreserveIds) -> Job {
+        let mut j = job(&["a"]);
+        j.policies.insert(
+            "a".into(),
+            crate::config::TargetPolicy {
+                preserve_ids: mode,
+                metadata: Default::default(),
+            },
+        );
+        j
+    }
+
+    fn copy_id_of(p: &Plan) -> NewCopyId {
+        match &p.actions[0].kind {
+            ActionKind::Copy {
+                id, create_body, ..
+            } => {
+                assert_eq!(create_body["id"], id.id(), "the body carries the chosen id");
+                id.clone()
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn preserve_ids_copies_under_the_source_id_with_a_fallback_when_preferred() {
+        let s = image("src-id", "ubuntu", "m1");
+        let p = run(
+            &preserving(PreserveIds::Prefer),
+            std::slice::from_ref(&s),
+            &[("a", vec![])],
+            &Ledger::default(),
+        );
+        assert!(matches!(
+            copy_id_of(&p),
+            NewCopyId::Source { id, fallback: Some(_) } if id == "src-id"
+        ));
+        let p = run(
+            &preserving(PreserveIds::Require),
+            &[s],
+            &[("a", vec![])],
+            &Ledger::default(),
+        );
+        assert!(matches!(
+            copy_id_of(&p),
+            NewCopyId::Source { fallback: None, .. }
+        ));
+    }
+
+    #[test]
+    fn an_id_held_on_the_target_gives_a_new_id_or_refuses() {
+        let s = image("src-id", "ubuntu", "m1");
+        let mut squatter = image("src-id", "other-name", "m9");
+        squatter.owner = Some("tenant".into());
+        let p = run(
+            &preserving(PreserveIds::Prefer),
+            std::slice::from_ref(&s),
+            &[("a", vec![squatter.clone()])],
+            &Ledger::default(),
+        );
+        assert!(matches!(copy_id_of(&p), NewCopyId::NewBecauseTaken { .. }));
+        assert!(kinds(&p)[0].contains("with a new id: the source's is held by image 'other-name'"));
+        let p = run(
+            &preserving(PreserveIds::Require),
+            &[s],
+            &[("a", vec![squatter])],
+            &Ledger::default(),
+        );
+        assert!(
+            matches!(&p.actions[0].kind, ActionKind::Refused { reason } if reason.contains("preserve_ids = require")),
+            "{:?}",
+            kinds(&p)
+        );
+    }
+
+    #[test]
+    fn our_queued_copy_with_the_source_id_is_uploaded_into_not_deleted() {
+        let s = image("src-id", "ubuntu", "m1");
+        let mut queued = copy_of(&s, "src-id");
+        queued.status = "queued".into();
+        queued.checksum = None;
+        let mut ledger = Ledger::default();
+        ours(&mut ledger, "a", "src-id", "src-id");
+        let p = run(
+            &preserving(PreserveIds::Require),
+            &[s],
+            &[("a", vec![queued])],
+            &ledger,
+        );
+        assert_eq!(p.actions.len(), 1, "{:?}", kinds(&p));
+        assert!(matches!(copy_id_of(&p), NewCopyId::Reuse { id } if id == "src-id"));
+    }
+
+    #[test]
+    fn metadata_rules_apply_per_target() {
+        let s = image("s1", "ubuntu", "m1");
+        let mut j = job(&["a", "b"]);
+        j.policies.insert(
+            "b".into(),
+            crate::config::TargetPolicy {
+                preserve_ids: PreserveIds::Off,
+                metadata: crate::config::tests::metadata_rules(
+                    "visibility = \"private\"\nadd_tags = [\"edge\"]",
+                ),
+            },
+        );
+        let mut ledger = Ledger::default();
+        ours(&mut ledger, "a", "ta", "s1");
+        ours(&mut ledger, "b", "tb", "s1");
+        let p = run(
+            &j,
+            std::slice::from_ref(&s),
+            &[
+                ("a", vec![copy_of(&s, "ta")]),
+                ("b", vec![copy_of(&s, "tb")]),
+            ],
+            &ledger,
+        );
+        assert_eq!(
+            kinds(&p),
+            vec![
+                "s1@a: in sync",
+                "s1@b: update metadata: visibility private (rule), tags edge (rule)"
+            ]
         );
     }
 }

@@ -24,7 +24,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::glance::{GlanceClient, GlanceError};
-use crate::image::{Image, PatchOp};
+use crate::image::Image;
+use crate::metadata::PatchOp;
 use crate::verify::{self, Digests, StreamHasher};
 
 /// Chunks queued per target. With reqwest's chunks of at most a few hundred KiB this keeps a
@@ -103,11 +104,19 @@ pub struct CopyTarget {
     pub create_body: Value,
     /// Set `protected` once the copy is verified.
     pub protect: bool,
+    /// The image exists already (our unfinished copy, queued): upload into it, create nothing.
+    pub reuse_existing: bool,
+    /// `target_id` is the source image's id (`preserve_ids`): if the target refuses it (409:
+    /// an image holds it, or a deleted one did), this id and body are used instead, when given.
+    pub fallback: Option<(String, Value)>,
+    pub preserving_id: bool,
 }
 
 #[derive(Debug)]
 pub struct CopyOutcome {
     pub target: String,
+    /// Ids recorded for this copy that the target never got: the source's id it refused.
+    pub refused_ids: Vec<String>,
     pub target_id: String,
     pub result: Result<(), TransferError>,
     /// Our image is known to be gone (deleted after a failure). When false after a failure, it may
@@ -145,6 +154,7 @@ pub async fn copy_image(
             .into_iter()
             .map(|t| CopyOutcome {
                 target: t.client.cloud().to_string(),
+                refused_ids: vec![],
                 target_id: t.target_id,
                 result: Err(err.clone()),
                 removed: false,
@@ -172,26 +182,37 @@ pub async fn copy_image(
     }
 
     let mut outcomes = Vec::new();
-    let created = join_all(targets.into_iter().map(|t| async move {
-        let r = t.client.create_image(&t.create_body).await;
-        (t, r)
-    }))
-    .await;
+    let created = join_all(targets.into_iter().map(create)).await;
     let mut live = Vec::new();
-    for (t, r) in created {
+    let mut refused: Vec<(String, String)> = Vec::new();
+    for (t, r, refused_id) in created {
+        if let Some(id) = refused_id {
+            refused.push((t.client.cloud().to_string(), id));
+        }
         match r {
-            Ok(_) => live.push(t),
+            Ok(()) => live.push(t),
             Err(e) => outcomes.push(CopyOutcome {
                 target: t.client.cloud().to_string(),
+                refused_ids: vec![],
                 target_id: t.target_id,
-                result: Err(TransferError::new(FailureReason::TargetCreate, e)),
+                result: Err(e),
                 // A create that timed out may still have happened: keep the id in the ledger.
                 removed: false,
             }),
         }
     }
+    let with_refused = |mut outcomes: Vec<CopyOutcome>| {
+        for o in &mut outcomes {
+            o.refused_ids = refused
+                .iter()
+                .filter(|(cloud, _)| *cloud == o.target)
+                .map(|(_, id)| id.clone())
+                .collect();
+        }
+        outcomes
+    };
     if live.is_empty() {
-        return outcomes;
+        return with_refused(outcomes);
     }
 
     let mut lanes: Vec<Lane> = live
@@ -234,6 +255,7 @@ pub async fn copy_image(
             };
             CopyOutcome {
                 target: t.client.cloud().to_string(),
+                refused_ids: vec![],
                 target_id: t.target_id,
                 result,
                 removed,
@@ -242,7 +264,55 @@ pub async fn copy_image(
     }))
     .await;
     outcomes.extend(finished);
-    outcomes
+    with_refused(outcomes)
+}
+
+/// Creates the image a copy goes into (unless it exists already), under the source's id when
+/// asked and allowed, else under the fallback id. Returns the target (its `target_id` the id in
+/// use), the result, and the source's id when the target refused it.
+async fn create(mut t: CopyTarget) -> (CopyTarget, Result<(), TransferError>, Option<String>) {
+    if t.reuse_existing {
+        return (t, Ok(()), None);
+    }
+    let cloud = t.client.cloud().to_string();
+    match t.client.create_image(&t.create_body).await {
+        Ok(_) => (t, Ok(()), None),
+        Err(e) if t.preserving_id && e.status() == Some(409) => {
+            let refused = std::mem::take(&mut t.target_id);
+            let Some((id, body)) = t.fallback.take() else {
+                let err = TransferError::new(
+                    FailureReason::TargetCreate,
+                    format!(
+                        "cloud '{cloud}' refuses the source image's id {refused} (another image \
+                         holds it, or a deleted one did: Glance never reuses ids), and \
+                         preserve_ids = require: {e}"
+                    ),
+                );
+                t.target_id = refused.clone();
+                return (t, Err(err), Some(refused));
+            };
+            tracing::warn!(
+                cloud = %cloud,
+                image = %refused,
+                "cloud '{cloud}' refuses the source image's id {refused} (another image holds \
+                 it, or a deleted one did): copying with the new id {id} (preserve_ids = prefer)"
+            );
+            t.target_id = id;
+            t.create_body = body;
+            let r = t
+                .client
+                .create_image(&t.create_body)
+                .await
+                .map(drop)
+                .map_err(|e| TransferError::new(FailureReason::TargetCreate, e));
+            (t, r, Some(refused))
+        }
+        Err(e) => (
+            t,
+            Err(TransferError::new(FailureReason::TargetCreate, e)),
+            None,
+        ),
+    }
 }
 
 /// One target's upload in flight: the queue feeding its request body, and the request itself.

@@ -1180,9 +1180,15 @@ fn resolve_cloud(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use secrecy::ExposeSecret;
+
+    /// Metadata rules from the keys of a `[jobs.metadata]` table, for other modules' tests.
+    pub(crate) fn metadata_rules(toml_text: &str) -> MetadataRules {
+        let table: toml::Value = toml::from_str(toml_text).unwrap();
+        policy::metadata(&table, &key(&["metadata"]), &MetadataRules::default()).unwrap()
+    }
 
     const BASE: &str = r#"
 [state]
