@@ -899,6 +899,7 @@ fn plan_cpu(n: usize, reps: usize) -> (Vec<f64>, usize) {
         target_images: &targets,
         ledger: &ledger,
         projects: &Default::default(),
+        members: &Default::default(),
     };
     let mut times = Vec::new();
     let mut writes = 0;

@@ -185,6 +185,9 @@ impl Engine {
         let mut reachable = job.clone();
         reachable.targets.retain(|t| target_images.contains_key(t));
         let ledger = ledger()?;
+        let members = self
+            .list_members(&reachable, &source_images, &target_images, &ledger)
+            .await;
         let plan = plan::plan(
             &PlanInput {
                 job: &reachable,
@@ -192,6 +195,7 @@ impl Engine {
                 target_images: &target_images,
                 ledger: &ledger,
                 projects: &projects,
+                members: &members,
             },
             &mut || uuid::Uuid::new_v4().to_string(),
         );
@@ -229,6 +233,64 @@ impl Engine {
             },
             source_images,
         ))
+    }
+
+    /// The members of the job's source images and of its copies on the targets whose rules copy
+    /// members (`members = true`); nothing when none does. Only shared images have members, so
+    /// only they are asked; a listing that fails leaves that image out (its members are then not
+    /// touched this run).
+    async fn list_members(
+        &self,
+        job: &Job,
+        source_images: &[Image],
+        target_images: &BTreeMap<String, Vec<Image>>,
+        ledger: &Ledger,
+    ) -> plan::Members {
+        let mut members = plan::Members::default();
+        let targets: Vec<&String> = job
+            .targets
+            .iter()
+            .filter(|t| job.policy(t).metadata.members)
+            .collect();
+        if targets.is_empty() {
+            return members;
+        }
+        let source_ids: Vec<String> = source_images
+            .iter()
+            .filter(|i| job.filter.selects(i) && i.visibility == "shared")
+            .map(|i| i.id.clone())
+            .collect();
+        for i in source_images.iter().filter(|i| i.visibility != "shared") {
+            members.source.insert(i.id.clone(), vec![]);
+        }
+        for (id, listed) in list_each(self.client(&job.source), source_ids).await {
+            members.source.insert(id, listed);
+        }
+        for target in targets {
+            let Some(images) = target_images.get(target) else {
+                continue;
+            };
+            let mut shared_ids = Vec::new();
+            for i in images {
+                if !ledger
+                    .owned(target, &i.id)
+                    .is_some_and(|o| o.belongs_to(job))
+                {
+                    continue;
+                }
+                if i.visibility == "shared" {
+                    shared_ids.push(i.id.clone());
+                } else {
+                    members
+                        .target
+                        .insert((target.clone(), i.id.clone()), vec![]);
+                }
+            }
+            for (id, listed) in list_each(self.client(target), shared_ids).await {
+                members.target.insert((target.clone(), id), listed);
+            }
+        }
+        members
     }
 
     /// Runs one job, records it in the state database and the metrics. Errors are only those that
@@ -428,6 +490,7 @@ impl Execution<'_> {
                 create_body,
                 id,
                 fallback_body,
+                members: _,
             } = &action.kind
             else {
                 unreachable!("copy groups hold copies only")
@@ -543,6 +606,22 @@ impl Execution<'_> {
             }
             self.state
                 .copy_settled(&action.target, &outcome.target_id)?;
+            // The copy is made and verified: then it gets its members.
+            let mut error = error;
+            if error.is_none()
+                && let ActionKind::Copy {
+                    members: Some(changes),
+                    ..
+                } = &action.kind
+                && let Err(e) = apply_members(
+                    self.engine.client(&action.target),
+                    &outcome.target_id,
+                    changes,
+                )
+                .await
+            {
+                error = Some(format!("copied and verified, but its members: {e}"));
+            }
             match &error {
                 None => {
                     self.state.record_outcome(
@@ -675,6 +754,9 @@ impl Execution<'_> {
                 } else {
                     client.patch_image(target_id, patch).await.map(drop)
                 }
+            }
+            ActionKind::SyncMembers { target_id, changes } => {
+                apply_members(client, target_id, changes).await
             }
             ActionKind::Deactivate { target_id } => client.deactivate(target_id).await,
             ActionKind::Reactivate { target_id } => client.reactivate(target_id).await,
@@ -840,6 +922,81 @@ fn warn_unadopted(job: &Job, plan: &Plan) {
     }
 }
 
+/// The members of each image in `ids` (8 at a time); an image whose listing fails is left out,
+/// with a warning.
+async fn list_each(
+    client: &GlanceClient,
+    ids: Vec<String>,
+) -> Vec<(String, Vec<crate::image::Member>)> {
+    futures_util::stream::iter(ids)
+        .map(|id| {
+            let client = client.clone();
+            async move {
+                match client.list_members(&id).await {
+                    Ok(m) => Some((id, m)),
+                    Err(e) => {
+                        tracing::warn!("{e}; its members are left as they are this run");
+                        None
+                    }
+                }
+            }
+        })
+        .buffer_unordered(8)
+        .filter_map(|x| async move { x })
+        .collect()
+        .await
+}
+
+/// Gives copy `target_id` the member changes planned for it. A status the credentials may not
+/// set (by default only an admin or the member project itself may) leaves that member pending,
+/// with a warning: the image is shared either way, and the member can still accept it.
+async fn apply_members(
+    client: &GlanceClient,
+    target_id: &str,
+    changes: &plan::MemberChanges,
+) -> Result<(), GlanceError> {
+    for m in &changes.add {
+        client.add_member(target_id, &m.project).await?;
+    }
+    for project in &changes.remove {
+        match client.remove_member(target_id, project).await {
+            Err(e) if e.status() != Some(404) => return Err(e),
+            _ => {}
+        }
+    }
+    let statuses = changes
+        .add
+        .iter()
+        .filter(|m| m.status != "pending")
+        .chain(&changes.set_status);
+    for m in statuses {
+        match client
+            .set_member_status(target_id, &m.project, &m.status)
+            .await
+        {
+            Err(e) if e.status() == Some(403) => tracing::warn!(
+                cloud = client.cloud(),
+                image = %target_id,
+                "member {} of image {target_id} stays pending instead of {}: only an admin or \
+                 that project may set its status ({e})",
+                m.project,
+                m.status
+            ),
+            other => other?,
+        }
+    }
+    for project in &changes.unmapped {
+        tracing::warn!(
+            cloud = client.cloud(),
+            image = %target_id,
+            "member {project} of the source image is not in the job's project_map: not shared \
+             on cloud '{}'",
+            client.cloud()
+        );
+    }
+    Ok(())
+}
+
 /// The `result` field of a log line: one word per kind of outcome, for log queries.
 fn result_word(kind: &ActionKind) -> &'static str {
     match kind {
@@ -857,5 +1014,6 @@ fn result_word(kind: &ActionKind) -> &'static str {
         ActionKind::Prune { delete: false, .. } => "pruned_hidden",
         ActionKind::PruneRefused { .. } => "prune_refused",
         ActionKind::Refused { .. } => "refused",
+        ActionKind::SyncMembers { .. } => "members",
     }
 }

@@ -12,7 +12,7 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::Value;
 
 use crate::auth::{Access, AuthError, CloudSession, error_chain};
-use crate::image::Image;
+use crate::image::{Image, Member};
 use crate::metadata::PatchOp;
 
 const PATCH_MEDIA_TYPE: &str = "application/openstack-images-v2.1-json-patch";
@@ -219,6 +219,77 @@ impl GlanceClient {
         self.call(&operation, Method::POST, |b| b, &path)
             .await
             .map(drop)
+    }
+
+    /// The projects an image is shared with, and each one's acceptance status.
+    pub async fn list_members(&self, id: &str) -> Result<Vec<Member>, GlanceError> {
+        let operation = format!("list members of image {id}");
+        let page: Value = self
+            .json(
+                &operation,
+                Method::GET,
+                |b| b,
+                &format!("/v2/images/{id}/members"),
+            )
+            .await?;
+        let members = page
+            .get("members")
+            .and_then(Value::as_array)
+            .ok_or_else(|| self.protocol(&operation, "no 'members' array".into()))?;
+        Ok(members
+            .iter()
+            .filter_map(|m| {
+                Some(Member {
+                    project: m.get("member_id")?.as_str()?.to_string(),
+                    status: m.get("status")?.as_str()?.to_string(),
+                })
+            })
+            .collect())
+    }
+
+    /// Shares image `id` with `project` (its status starts `pending`).
+    pub async fn add_member(&self, id: &str, project: &str) -> Result<(), GlanceError> {
+        let operation = format!("add member {project} to image {id}");
+        let body = serde_json::json!({ "member": project });
+        self.call(
+            &operation,
+            Method::POST,
+            |b| b.json(&body),
+            &format!("/v2/images/{id}/members"),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Sets a member's status: by default only an admin, or the member project itself, may.
+    pub async fn set_member_status(
+        &self,
+        id: &str,
+        project: &str,
+        status: &str,
+    ) -> Result<(), GlanceError> {
+        let operation = format!("set member {project} of image {id} to {status}");
+        let body = serde_json::json!({ "status": status });
+        self.call(
+            &operation,
+            Method::PUT,
+            |b| b.json(&body),
+            &format!("/v2/images/{id}/members/{project}"),
+        )
+        .await
+        .map(drop)
+    }
+
+    pub async fn remove_member(&self, id: &str, project: &str) -> Result<(), GlanceError> {
+        let operation = format!("remove member {project} from image {id}");
+        self.call(
+            &operation,
+            Method::DELETE,
+            |b| b,
+            &format!("/v2/images/{id}/members/{project}"),
+        )
+        .await
+        .map(drop)
     }
 
     /// `GET /file`: the response, whose body is then streamed by the caller. A 204 is an error: it
@@ -527,7 +598,8 @@ fn what_to_do(status: u16, cloud: &str, message: &str) -> Option<String> {
         ),
         403 => format!(
             "the user of cloud '{cloud}' lacks the permission: check its roles against Glance's \
-             policy (by default making an image public needs the admin role)"
+             policy (by default making an image public, setting an image's owner and setting \
+             another project's member status need the admin role)"
         ),
         404 => format!(
             "cloud '{cloud}' knows no such thing: an image deleted meanwhile (the next run plans \
@@ -602,6 +674,7 @@ fn operation_kind(method: &Method, path: &str) -> &'static str {
         ("DELETE", ["v2", "images", _]) => "delete",
         ("POST", ["v2", "images", _, "actions", "deactivate"]) => "deactivate",
         ("POST", ["v2", "images", _, "actions", "reactivate"]) => "reactivate",
+        (_, ["v2", "images", _, "members", ..]) => "members",
         _ => "other",
     }
 }
@@ -708,7 +781,8 @@ mod tests {
             e.to_string(),
             "cloud 'dr': create image 'x' failed: HTTP 403: Forbidden (request req-1); the user \
              of cloud 'dr' lacks the permission: check its roles against Glance's policy (by \
-             default making an image public needs the admin role)"
+             default making an image public, setting an image's owner and setting another \
+             project's member status need the admin role)"
         );
         for status in [401, 403, 404, 409, 413, 415, 500, 503] {
             assert!(what_to_do(status, "dr", "").is_some(), "{status}");

@@ -54,6 +54,14 @@ pub struct Image {
     pub extra: BTreeMap<String, Value>,
 }
 
+/// A project an image is shared with (`visibility = shared`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Member {
+    pub project: String,
+    /// pending | accepted | rejected
+    pub status: String,
+}
+
 fn default_visibility() -> String {
     "shared".to_string()
 }

@@ -29,6 +29,7 @@ pub const API_OPERATIONS: &[&str] = &[
     "delete",
     "deactivate",
     "reactivate",
+    "members",
     "other",
 ];
 

@@ -13,8 +13,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::config::{Job, PreserveIds, PruneMode};
-use crate::image::{Image, provably_different_content, same_content, same_identity};
+use crate::config::{Job, MetadataRules, PreserveIds, PruneMode};
+use crate::image::{Image, Member, provably_different_content, same_content, same_identity};
 use crate::metadata::{
     PatchOp, create_body, current_metadata, describe_patch, desired_metadata, metadata_patch,
 };
@@ -79,6 +79,119 @@ pub struct PlanInput<'a> {
     /// The project glance-sync works as, per cloud name; a cloud missing here has no known
     /// project (no Keystone and no `project_id`), and every image listed there counts as its own.
     pub projects: &'a BTreeMap<String, String>,
+    /// Image members, fetched only for targets whose rules copy them.
+    pub members: &'a Members,
+}
+
+/// The members of images, as far as the plan needs them. An image missing here has members
+/// nobody could list this run: they are left alone, never guessed.
+#[derive(Debug, Default, Clone)]
+pub struct Members {
+    /// Source image id → its members (none for an image that is not shared).
+    pub source: HashMap<String, Vec<Member>>,
+    /// (target cloud, image id) → the members of our copy there.
+    pub target: HashMap<(String, String), Vec<Member>>,
+}
+
+/// The members a copy must have, through the project map, and the source's members that have no
+/// project on the target.
+fn desired_members(source: &[Member], rules: &MetadataRules) -> (Vec<Member>, Vec<String>) {
+    let mut desired = Vec::new();
+    let mut unmapped = Vec::new();
+    for m in source {
+        match rules.project_map.map(&m.project) {
+            Some(project) => desired.push(Member {
+                project,
+                status: m.status.clone(),
+            }),
+            None => unmapped.push(m.project.clone()),
+        }
+    }
+    desired.sort_by(|a, b| a.project.cmp(&b.project));
+    (desired, unmapped)
+}
+
+/// What a copy's members need: added (with the status to set), removed, status changed.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct MemberChanges {
+    pub add: Vec<Member>,
+    pub remove: Vec<String>,
+    pub set_status: Vec<Member>,
+    /// Source members without a project on the target: skipped.
+    pub unmapped: Vec<String>,
+    /// Why the source's members cannot be given to the copy at all, if so.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<String>,
+}
+
+impl MemberChanges {
+    pub fn writes(&self) -> bool {
+        !(self.add.is_empty() && self.remove.is_empty() && self.set_status.is_empty())
+    }
+
+    fn describe(&self) -> String {
+        let mut parts: Vec<String> = Vec::new();
+        parts.extend(
+            self.add
+                .iter()
+                .map(|m| format!("+{} {}", m.project, m.status)),
+        );
+        parts.extend(self.remove.iter().map(|p| format!("-{p}")));
+        parts.extend(
+            self.set_status
+                .iter()
+                .map(|m| format!("{} {}", m.project, m.status)),
+        );
+        if !self.unmapped.is_empty() {
+            parts.push(format!(
+                "not in project_map (skipped): {}",
+                self.unmapped.join(" ")
+            ));
+        }
+        if let Some(why) = &self.blocked {
+            parts.push(why.clone());
+        }
+        parts.join(", ")
+    }
+}
+
+/// The changes that give a copy (with visibility `copy_visibility`) its source image's members.
+fn member_changes(
+    source: &[Member],
+    current: &[Member],
+    copy_visibility: &str,
+    rules: &MetadataRules,
+) -> MemberChanges {
+    let (desired, unmapped) = desired_members(source, rules);
+    if copy_visibility != "shared" {
+        return MemberChanges {
+            unmapped,
+            blocked: (!desired.is_empty()).then(|| {
+                format!(
+                    "members not copied: the copy is {copy_visibility} and only shared images \
+                     have members (a visibility rule?)"
+                )
+            }),
+            ..Default::default()
+        };
+    }
+    let mut changes = MemberChanges {
+        unmapped,
+        ..Default::default()
+    };
+    for want in &desired {
+        match current.iter().find(|c| c.project == want.project) {
+            None => changes.add.push(want.clone()),
+            Some(have) if have.status != want.status => changes.set_status.push(want.clone()),
+            Some(_) => {}
+        }
+    }
+    changes.remove = current
+        .iter()
+        .filter(|c| !desired.iter().any(|d| d.project == c.project))
+        .map(|c| c.project.clone())
+        .collect();
+    changes
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -207,6 +320,15 @@ pub enum ActionKind {
         /// The create body under the fallback id, when the source's id may be refused.
         #[serde(skip)]
         fallback_body: Option<Value>,
+        /// The members to give the copy once it is made (`members = true`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        members: Option<MemberChanges>,
+    },
+    /// Give our copy its source image's members (`members = true`).
+    SyncMembers {
+        target_id: String,
+        #[serde(flatten)]
+        changes: MemberChanges,
     },
     /// Patch our copy's metadata to match the source, in one request.
     UpdateMetadata {
@@ -278,7 +400,13 @@ impl Action {
     /// The action as one short phrase, for tables and logs.
     pub fn describe(&self) -> String {
         match &self.kind {
-            ActionKind::Copy { protect, id, .. } => {
+            ActionKind::SyncMembers { changes, .. } => format!("members: {}", changes.describe()),
+            ActionKind::Copy {
+                protect,
+                id,
+                members,
+                ..
+            } => {
                 let how = match id {
                     NewCopyId::New { .. } => String::new(),
                     NewCopyId::Source { .. } => " with the source's id".into(),
@@ -289,7 +417,14 @@ impl Action {
                         " with a new id: the source's is held by {held_by} (preserve_ids = prefer)"
                     ),
                 };
-                format!("copy{how}{}", if *protect { " (then protect)" } else { "" })
+                let members = members
+                    .as_ref()
+                    .map(|m| format!("; members: {}", m.describe()))
+                    .unwrap_or_default();
+                format!(
+                    "copy{how}{}{members}",
+                    if *protect { " (then protect)" } else { "" }
+                )
             }
             ActionKind::UpdateMetadata { changes, .. } => format!("update metadata: {changes}"),
             ActionKind::Relink {
@@ -339,6 +474,7 @@ impl Action {
             ActionKind::Copy { target_id, .. }
             | ActionKind::UpdateMetadata { target_id, .. }
             | ActionKind::Relink { target_id, .. }
+            | ActionKind::SyncMembers { target_id, .. }
             | ActionKind::Deactivate { target_id }
             | ActionKind::Reactivate { target_id }
             | ActionKind::InSync { target_id, .. }
@@ -352,6 +488,9 @@ impl Action {
 
     /// Whether executing it writes to a cloud.
     pub fn writes(&self) -> bool {
+        if let ActionKind::SyncMembers { changes, .. } = &self.kind {
+            return changes.writes();
+        }
         !matches!(
             self.kind,
             ActionKind::InSync { .. }
@@ -841,12 +980,21 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
                         } => Some(create_body(other, s, &meta)),
                         _ => None,
                     };
+                    // Members whose listing failed are left for the next run, never guessed.
+                    let members = rules
+                        .members
+                        .then(|| input.members.source.get(&s.id))
+                        .flatten()
+                        .map(|source| member_changes(source, &[], &meta.visibility, rules));
                     actions.push(action(ActionKind::Copy {
                         target_id: id.id().to_string(),
                         protect: meta.protected,
                         create_body: create_body(id.id(), s, &meta),
                         id: id.clone(),
                         fallback_body,
+                        members: members.filter(|m| {
+                            m.writes() || !m.unmapped.is_empty() || m.blocked.is_some()
+                        }),
                     }));
                 }
                 Decision::Ours(c) | Decision::Relink(c, _) => {
@@ -874,6 +1022,32 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
                             changes,
                             patch,
                         }));
+                    }
+                    let known = rules
+                        .members
+                        .then(|| {
+                            Some((
+                                input.members.source.get(&s.id)?,
+                                input.members.target.get(&(target.clone(), c.id.clone()))?,
+                            ))
+                        })
+                        .flatten();
+                    if let Some((source_members, copy_members)) = known {
+                        let changes = member_changes(
+                            source_members,
+                            copy_members,
+                            &desired.visibility,
+                            rules,
+                        );
+                        if changes.writes()
+                            || !changes.unmapped.is_empty()
+                            || changes.blocked.is_some()
+                        {
+                            actions.push(action(ActionKind::SyncMembers {
+                                target_id: c.id.clone(),
+                                changes,
+                            }));
+                        }
                     }
                     if s.is_deactivated() && c.is_active() {
                         actions.push(action(ActionKind::Deactivate {
@@ -1043,6 +1217,7 @@ mod tests {
                 target_images: &target_images,
                 ledger,
                 projects: &BTreeMap::new(),
+                members: &Members::default(),
             },
             &mut || ids.next(),
         )
@@ -1732,6 +1907,7 @@ mod tests {
                 target_images: &target_images,
                 ledger,
                 projects: &projects,
+                members: &Members::default(),
             },
             &mut || "new".to_string(),
         )
@@ -2088,5 +2264,89 @@ mod tests {
                 "s1@b: update metadata: visibility private (rule), tags edge (rule)"
             ]
         );
+    }
+
+    fn member(project: &str, status: &str) -> Member {
+        Member {
+            project: project.into(),
+            status: status.into(),
+        }
+    }
+
+    fn with_members(source: Vec<Member>, copy: Option<Vec<Member>>, rules: &str) -> Plan {
+        let mut s = image("s1", "shared-img", "m1");
+        s.visibility = "shared".into();
+        let mut j = job(&["a"]);
+        j.policies.insert(
+            "a".into(),
+            crate::config::TargetPolicy {
+                preserve_ids: PreserveIds::Off,
+                metadata: crate::config::tests::metadata_rules(rules),
+            },
+        );
+        let mut ledger = Ledger::default();
+        ours(&mut ledger, "a", "t1", "s1");
+        let mut members = Members::default();
+        members.source.insert("s1".into(), source);
+        if let Some(copy) = copy {
+            members.target.insert(("a".into(), "t1".into()), copy);
+        }
+        let target_images = BTreeMap::from([("a".to_string(), vec![copy_of(&s, "t1")])]);
+        plan(
+            &PlanInput {
+                job: &j,
+                source_images: std::slice::from_ref(&s),
+                target_images: &target_images,
+                ledger: &ledger,
+                projects: &BTreeMap::new(),
+                members: &members,
+            },
+            &mut || "new".to_string(),
+        )
+    }
+
+    #[test]
+    fn members_are_mapped_added_removed_and_their_status_follows() {
+        let p = with_members(
+            vec![
+                member("p1", "accepted"),
+                member("p2", "pending"),
+                member("p9", "accepted"),
+            ],
+            Some(vec![member("q2", "accepted"), member("old", "pending")]),
+            "members = true\nproject_map = { p1 = \"q1\", p2 = \"q2\" }",
+        );
+        assert_eq!(
+            kinds(&p),
+            vec!["s1@a: members: +q1 accepted, -old, q2 pending, not in project_map (skipped): p9"]
+        );
+    }
+
+    #[test]
+    fn members_unknown_this_run_are_left_alone() {
+        let p = with_members(
+            vec![member("p1", "accepted")],
+            None,
+            "members = true\nproject_map = { \"*\" = \"*\" }",
+        );
+        assert_eq!(kinds(&p), vec!["s1@a: in sync"]);
+    }
+
+    #[test]
+    fn members_cannot_be_given_to_a_copy_that_a_rule_makes_private() {
+        let p = with_members(
+            vec![member("p1", "accepted")],
+            Some(vec![]),
+            "members = true\nvisibility = \"private\"\nproject_map = { \"*\" = \"*\" }",
+        );
+        let k = kinds(&p);
+        assert!(
+            k.iter()
+                .any(|x| x.contains("members not copied: the copy is private")),
+            "{k:?}"
+        );
+        assert!(p.actions.iter().all(
+            |a| !matches!(&a.kind, ActionKind::SyncMembers { changes, .. } if changes.writes())
+        ));
     }
 }
