@@ -87,6 +87,8 @@ pub struct Access {
     /// The project the token is scoped to (from Keystone), or the cloud's `project_id` when
     /// there is no Keystone; `None` when unknown.
     pub project_id: Option<String>,
+    /// The token's role names; `None` without Keystone (unknown).
+    pub roles: Option<Vec<String>>,
 }
 
 impl Access {
@@ -246,6 +248,7 @@ impl CloudSession {
                         endpoint: self.override_endpoint(),
                         token: None,
                         project_id: self.config.project_id.clone(),
+                        roles: None,
                     },
                     expires_at: None,
                 });
@@ -260,6 +263,7 @@ impl CloudSession {
                         endpoint: self.override_endpoint(),
                         token: Some(token.clone()),
                         project_id: self.config.project_id.clone(),
+                        roles: None,
                     },
                     expires_at: None,
                 });
@@ -380,11 +384,18 @@ impl CloudSession {
         tracing::debug!(cloud = %self.name, %endpoint, expires_at = ?expires_at, "authenticated");
         // The owner glance-sync's images get; it decides whose images are "ours" (tenant rules).
         let project_id = body["token"]["project"]["id"].as_str().map(str::to_string);
+        let roles = body["token"]["roles"].as_array().map(|roles| {
+            roles
+                .iter()
+                .filter_map(|r| r["name"].as_str().map(str::to_string))
+                .collect()
+        });
         Ok(Cached {
             access: Access {
                 endpoint,
                 token: Some(token),
                 project_id,
+                roles,
             },
             expires_at,
         })

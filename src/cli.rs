@@ -676,12 +676,15 @@ async fn check(config: &Config, format: Format) -> Result<ExitCode, Failure> {
     for (name, cloud) in &config.clouds {
         let client = engine.client(name);
         let mut entry = serde_json::to_value(cloud.resolved()).expect("resolved cloud serialises");
-        let outcome = match client.endpoint_and_project().await {
-            Ok((endpoint, project)) => {
+        let outcome = match client.identity().await {
+            Ok(access) => {
+                let endpoint = access.endpoint.clone();
                 entry["image_endpoint"] = endpoint.clone().into();
-                entry["token_project_id"] = project.into();
+                entry["token_project_id"] = access.project_id.clone().into();
+                entry["token_roles"] = access.roles.clone().into();
                 match client.probe().await {
-                    Ok(()) => Ok(format!("ok, image endpoint {endpoint}")),
+                    Ok(()) => admin_needed(config, name, access.roles.as_deref())
+                        .map(|()| format!("ok, image endpoint {endpoint}")),
                     Err(e) => Err(format!(
                         "image endpoint {endpoint} does not answer as Glance v2: {e}"
                     )),
@@ -718,6 +721,33 @@ async fn check(config: &Config, format: Format) -> Result<ExitCode, Failure> {
         Format::Table => println!("state: {}", config.state_path.display()),
     }
     Ok(ExitCode::from(if ok { 0 } else { 1 }))
+}
+
+/// Rules that need the admin role on `cloud` (copies owned by the source image's project), said
+/// before a run fails on them. Without Keystone the roles are unknown and nothing is said.
+fn admin_needed(config: &Config, cloud: &str, roles: Option<&[String]>) -> Result<(), String> {
+    let Some(roles) = roles else { return Ok(()) };
+    if roles.iter().any(|r| r == "admin") {
+        return Ok(());
+    }
+    let jobs: Vec<&str> = config
+        .jobs
+        .iter()
+        .filter(|j| {
+            j.targets.iter().any(|t| t == cloud)
+                && j.policy(cloud).metadata.owner == glance_sync::config::OwnerRule::Source
+        })
+        .map(|j| j.name.as_str())
+        .collect();
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "job(s) {} set owner = \"source\" for this cloud, which needs the admin role here \
+         (creating images owned by other projects); the token has: {}",
+        jobs.join(", "),
+        roles.join(", ")
+    ))
 }
 
 fn check_state_dir(path: &Path) -> anyhow::Result<()> {

@@ -79,10 +79,10 @@ impl GlanceClient {
         Ok(self.session.access().await?.project_id)
     }
 
-    /// The image endpoint and the project, from one authentication.
-    pub async fn endpoint_and_project(&self) -> Result<(String, Option<String>), GlanceError> {
-        let access = self.session.access().await?;
-        Ok((access.endpoint, access.project_id))
+    /// The image endpoint, the project and the token's roles (when known), from one
+    /// authentication.
+    pub async fn identity(&self) -> Result<crate::auth::Access, GlanceError> {
+        Ok(self.session.access().await?)
     }
 
     /// Every image the credentials can see: hidden ones and community ones included.

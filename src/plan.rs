@@ -638,12 +638,20 @@ impl NewCopyId {
 
 /// The id for a new copy of `source` under `preserve`, given the image (if any) the target holds
 /// under the source's id.
+/// Why a copy gets no id this run.
+enum IdVerdict {
+    /// The rules cannot be followed: a failure.
+    Refused(String),
+    /// Not yet: a skip.
+    Wait(String),
+}
+
 fn copy_id(
     source: &Image,
     preserve: PreserveIds,
     holder: Option<(&Image, Option<&OwnedImage>)>,
     new_id: &mut dyn FnMut() -> String,
-) -> Result<NewCopyId, String> {
+) -> Result<NewCopyId, IdVerdict> {
     if preserve == PreserveIds::Off {
         return Ok(NewCopyId::New { id: new_id() });
     }
@@ -653,12 +661,20 @@ fn copy_id(
             fallback: (preserve == PreserveIds::Prefer).then(&mut *new_id),
         });
     };
-    let ours_unfinished = holder.status == "queued"
-        && holder_ledger.is_some_and(|o| o.source_id == source.id && o.in_flight.is_none());
-    if ours_unfinished {
+    let ours = holder_ledger.is_some_and(|o| o.source_id == source.id && o.in_flight.is_none());
+    if ours && holder.status == "queued" {
         return Ok(NewCopyId::Reuse {
             id: holder.id.clone(),
         });
+    }
+    if ours && holder.status == "saving" {
+        return Err(IdVerdict::Wait(
+            "our unfinished copy with the source's id is still saving: Glance puts an upload that \
+             broke back to queued, and the next run uploads into it. If it stays saving, its \
+             Glance worker died: delete it by hand (its id is then lost for good; preserve_ids = \
+             \"prefer\" copies under a new id)"
+                .into(),
+        ));
     }
     let held_by = format!(
         "image '{}' ({}, owner {})",
@@ -667,10 +683,10 @@ fn copy_id(
         holder.owner.as_deref().unwrap_or("none")
     );
     match preserve {
-        PreserveIds::Require => Err(format!(
+        PreserveIds::Require => Err(IdVerdict::Refused(format!(
             "the source's id {} is held on the target by {held_by} (preserve_ids = require)",
             source.id
-        )),
+        ))),
         _ => Ok(NewCopyId::NewBecauseTaken {
             id: new_id(),
             held_by,
@@ -807,8 +823,9 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
         for (img, o) in ours {
             // A source image's id lost to a delete is lost for good (Glance never reuses ids): a
             // half-made copy that still has it is uploaded into again, not deleted.
+            // One still `saving` after its upload broke goes back to `queued` by itself.
             let reusable = policy.preserve_ids != PreserveIds::Off
-                && img.status == "queued"
+                && matches!(img.status.as_str(), "queued" | "saving")
                 && img.id == o.source_id
                 && originals.contains_key(o.source_id.as_str());
             if reusable {
@@ -920,7 +937,8 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
                     .map(|h| (*h, input.ledger.owned(target, &h.id)));
                 match copy_id(s, policy.preserve_ids, holder, new_id) {
                     Ok(id) => Decision::Copy(id),
-                    Err(reason) => Decision::Refused(reason),
+                    Err(IdVerdict::Refused(reason)) => Decision::Refused(reason),
+                    Err(IdVerdict::Wait(reason)) => Decision::Skip(reason),
                 }
             };
             decisions.insert((target, &s.id), decision);

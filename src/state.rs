@@ -439,12 +439,36 @@ impl State {
             if taken.is_some() {
                 return Ok(taken);
             }
-            tx.execute(
+            // The id may be in the ledger already: our unfinished copy uploaded into again, or an
+            // id the target refused earlier (deleted since). Anyone else's live row stays.
+            let recorded = tx.execute(
                 "INSERT INTO owned_images (target_cloud, target_id, source_cloud, source_id, created_at,
                     job, in_flight_run)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (target_cloud, target_id) DO UPDATE SET
+                    source_cloud = excluded.source_cloud, source_id = excluded.source_id,
+                    job = excluded.job, in_flight_run = excluded.in_flight_run, deleted_at = NULL
+                 WHERE owned_images.deleted_at IS NOT NULL
+                    OR (owned_images.job IS excluded.job
+                        AND owned_images.source_cloud = excluded.source_cloud
+                        AND owned_images.source_id = excluded.source_id)",
                 params![target, target_id, source_cloud, source.id, t, job, run],
             )?;
+            if recorded == 0 {
+                return tx
+                    .query_row(
+                        "SELECT job, target_id FROM owned_images
+                         WHERE target_cloud = ?1 AND target_id = ?2",
+                        params![target, target_id],
+                        |r| {
+                            Ok(Some(TakenBy {
+                                job: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
+                                target_id: r.get(1)?,
+                                run_id: None,
+                            }))
+                        },
+                    );
+            }
             tx.execute(
                 "INSERT INTO replicas (source_cloud, source_id, target_cloud, job, name, identity,
                     target_id, foreign_image, state, attempts, first_seen_at, updated_at)

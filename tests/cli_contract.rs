@@ -58,6 +58,46 @@ async fn invalid_config_exits_2_naming_file_line_and_key() {
 }
 
 #[tokio::test]
+async fn a_bad_replication_policy_value_exits_2_naming_file_line_and_key() {
+    for (lines, line, key) in [
+        (
+            "[jobs.metadata]\nvisibility = \"everyone\"\n",
+            18,
+            "metadata.visibility",
+        ),
+        (
+            "[jobs.metadata]\nignore_properties = [\"ok\", \"[bad\"]\n",
+            18,
+            "metadata.ignore_properties[1]",
+        ),
+        (
+            "[jobs.metadata]\nproject_map = { src = 42 }\n",
+            18,
+            "metadata.project_map.src",
+        ),
+        (
+            "[jobs.filter]\nmax_size = \"huge\"\n",
+            18,
+            "filter.max_size",
+        ),
+        ("preserve_ids = \"always\"\n", 17, "preserve_ids"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_config(
+            dir.path(),
+            &[("a", "http://127.0.0.1:1"), ("b", "http://127.0.0.1:2")],
+            "a",
+            &["b"],
+            lines,
+        );
+        let run = glance_sync(&cfg, &["plan"]).await;
+        run.assert_code(2);
+        let expected = format!("{}: line {line}, key '{key}'", cfg.display());
+        assert!(run.stderr.contains(&expected), "{lines}: {}", run.stderr);
+    }
+}
+
+#[tokio::test]
 async fn job_naming_an_unknown_cloud_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = write_config(

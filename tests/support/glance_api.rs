@@ -200,6 +200,55 @@ impl Api {
         Self::expect(r, &format!("{action} {id}")).await;
     }
 
+    /// `GET /v2/images/{id}/members`.
+    pub async fn members(&self, id: &str) -> Value {
+        let r = self
+            .req(reqwest::Method::GET, &format!("/v2/images/{id}/members"))
+            .send()
+            .await
+            .unwrap();
+        Self::expect(r, &format!("members of {id}"))
+            .await
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn add_member(&self, id: &str, project: &str) {
+        let r = self
+            .req(reqwest::Method::POST, &format!("/v2/images/{id}/members"))
+            .json(&json!({ "member": project }))
+            .send()
+            .await
+            .unwrap();
+        Self::expect(r, &format!("add member {project} to {id}")).await;
+    }
+
+    pub async fn set_member_status(&self, id: &str, project: &str, status: &str) {
+        let r = self
+            .req(
+                reqwest::Method::PUT,
+                &format!("/v2/images/{id}/members/{project}"),
+            )
+            .json(&json!({ "status": status }))
+            .send()
+            .await
+            .unwrap();
+        Self::expect(r, &format!("member {project} of {id} {status}")).await;
+    }
+
+    pub async fn remove_member(&self, id: &str, project: &str) {
+        let r = self
+            .req(
+                reqwest::Method::DELETE,
+                &format!("/v2/images/{id}/members/{project}"),
+            )
+            .send()
+            .await
+            .unwrap();
+        Self::expect(r, &format!("remove member {project} from {id}")).await;
+    }
+
     pub async fn delete(&self, id: &str) {
         let r = self
             .req(reqwest::Method::DELETE, &format!("/v2/images/{id}"))
