@@ -116,7 +116,7 @@ async fn job_naming_an_unknown_cloud_exits_2() {
     );
     assert!(
         run.stderr
-            .contains(&format!("{}: line 11, key 'targets'", cfg.display())),
+            .contains(&format!("{}: line 11, key 'targets[0]'", cfg.display())),
         "{}",
         run.stderr
     );
@@ -145,7 +145,7 @@ async fn bad_cron_expression_and_same_source_and_target_exit_2_naming_the_line()
     let run = glance_sync(&cfg, &["run"]).await;
     run.assert_code(2);
     assert!(
-        run.stderr.contains("key 'targets'") && run.stderr.contains("both source and target"),
+        run.stderr.contains("key 'targets[0]'") && run.stderr.contains("both source and target"),
         "{}",
         run.stderr
     );
