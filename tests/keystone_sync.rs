@@ -116,6 +116,33 @@ async fn sync_through_real_keystone_with_password_auth_and_catalog_endpoints() {
         "another project's private image was copied"
     );
 
+    // owner = "source" needs the admin role on the target: check says so for a user without it.
+    let viewer = dir.path().join("viewer.toml");
+    std::fs::write(
+        &viewer,
+        format!(
+            "[state]\npath = \"{}\"\n\n{}{}[[jobs]]\nname = \"ks\"\nsource = \"prod\"\n\
+             targets = [\"dr\"]\n[jobs.metadata]\nowner = \"source\"\nproject_map = {{ \"*\" = \"*\" }}\n",
+            dir.path().join("viewer.db").display(),
+            cloud("prod", "region-source"),
+            cloud("dr", "region-target")
+                .replace("username = \"demo\"", "username = \"viewer\"")
+                .replace(PASSWORD, "viewer-secret"),
+        ),
+    )
+    .unwrap();
+    let check = glance_sync(&viewer, &["check"]).await;
+    check.assert_code(1);
+    assert!(
+        check
+            .stdout
+            .contains("dr: FAILED: job(s) ks set owner = \"source\"")
+            && check.stdout.contains("needs the admin role here")
+            && check.stdout.contains("member"),
+        "{}",
+        check.stdout
+    );
+
     let db = std::fs::read(dir.path().join("state.db")).unwrap();
     assert!(
         !db.windows(PASSWORD.len()).any(|w| w == PASSWORD.as_bytes()),

@@ -13,6 +13,7 @@
 #                         keystonemiddleware service user, see glance.sh)
 #   demo/demo-secret      project demo, roles member + reader + admin (admin so
 #                         that replication tests can create public images)
+#   viewer/viewer-secret  project demo, roles member + reader (no admin)
 # Catalog: service "glance" (type image), endpoints public/internal/admin in
 #   region "region-source" -> $GLANCE_SOURCE_URL (default http://127.0.0.1:19392)
 #   region "region-target" -> $GLANCE_TARGET_URL (default http://127.0.0.1:19393)
@@ -184,10 +185,12 @@ roles = {r: ensure('roles', 'role', {'name': r})
 projects = {p: ensure('projects', 'project', {'name': p, 'domain_id': 'default'})
             for p in ('admin', 'service', 'demo')}
 users = {u: ensure('users', 'user', {'name': u, 'domain_id': 'default', 'password': pw})
-         for u, pw in (('glance', 'glance-secret'), ('demo', 'demo-secret'))}
+         for u, pw in (('glance', 'glance-secret'), ('demo', 'demo-secret'),
+                       ('viewer', 'viewer-secret'))}
 for u, p, r in (('glance', 'service', 'service'), ('glance', 'service', 'admin'),
                 ('demo', 'demo', 'member'), ('demo', 'demo', 'reader'),
-                ('demo', 'demo', 'admin')):
+                ('demo', 'demo', 'admin'), ('viewer', 'demo', 'member'),
+                ('viewer', 'demo', 'reader')):
     call('PUT', '/v3/projects/%s/users/%s/roles/%s' % (projects[p], users[u], roles[r]),
          token=tok)
 for region in ('region-source', 'region-target'):
