@@ -78,6 +78,12 @@ pub enum AuthError {
     Tls { cloud: String, message: String },
 }
 
+/// Whether Glance's default policy (`role:admin`) grants these roles admin rights; oslo.policy
+/// compares role names without case.
+pub fn has_admin_role(roles: &[String]) -> bool {
+    roles.iter().any(|r| r.eq_ignore_ascii_case("admin"))
+}
+
 /// What a request to Glance needs: where to send it and which token to present.
 #[derive(Clone)]
 pub struct Access {
@@ -92,6 +98,11 @@ pub struct Access {
 }
 
 impl Access {
+    /// Whether the token is known to lack the admin role (`false` when the roles are unknown).
+    pub fn known_without_admin(&self) -> bool {
+        self.roles.as_deref().is_some_and(|r| !has_admin_role(r))
+    }
+
     /// The `X-Auth-Token` value, if this cloud uses one.
     pub fn token(&self) -> Option<&str> {
         self.token.as_ref().map(|t| t.expose_secret())

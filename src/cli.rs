@@ -605,6 +605,20 @@ fn status(config: &Config, format: Format) -> Result<ExitCode, Failure> {
     let runs = state.last_runs().map_err(failed)?;
     let failing = state.failing_images().map_err(failed)?;
     let unadopted = state.unadopted().map_err(failed)?;
+    // Where ids are to be preserved, a copy under another id is worth knowing: templates naming
+    // the source's id will not find it.
+    let new_ids: Vec<_> = state
+        .copies_under_other_ids()
+        .map_err(failed)?
+        .into_iter()
+        .filter(|c| {
+            config.jobs.iter().any(|j| {
+                j.name == c.job
+                    && j.targets.contains(&c.target)
+                    && j.policy(&c.target).preserve_ids != glance_sync::config::PreserveIds::Off
+            })
+        })
+        .collect();
     for u in &unadopted {
         tracing::warn!(
             job = %u.job,
@@ -624,7 +638,8 @@ fn status(config: &Config, format: Format) -> Result<ExitCode, Failure> {
         Format::Json => println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "runs": runs, "failing": failing, "unadopted": unadopted
+                "runs": runs, "failing": failing, "unadopted": unadopted,
+                "copies_with_new_ids": new_ids
             }))
             .expect("status serialises")
         ),
@@ -663,6 +678,25 @@ fn status(config: &Config, format: Format) -> Result<ExitCode, Failure> {
                     })
                     .collect();
                 print_table(&["JOB", "IMAGE", "TARGET", "ATTEMPTS", "LAST ERROR"], &rows);
+            }
+            if !new_ids.is_empty() {
+                println!(
+                    "\ncopies with a new id (preserve_ids is on, but the target refused the \
+                     source's id, or the copy is older than the rule):"
+                );
+                let rows: Vec<[String; 5]> = new_ids
+                    .iter()
+                    .map(|c| {
+                        [
+                            c.job.clone(),
+                            table_name(c.name.as_deref().unwrap_or_default()),
+                            c.target.clone(),
+                            c.source_id.clone(),
+                            c.target_id.clone(),
+                        ]
+                    })
+                    .collect();
+                print_table(&["JOB", "IMAGE", "TARGET", "SOURCE ID", "COPY ID"], &rows);
             }
         }
     }
@@ -727,7 +761,7 @@ async fn check(config: &Config, format: Format) -> Result<ExitCode, Failure> {
 /// before a run fails on them. Without Keystone the roles are unknown and nothing is said.
 fn admin_needed(config: &Config, cloud: &str, roles: Option<&[String]>) -> Result<(), String> {
     let Some(roles) = roles else { return Ok(()) };
-    if roles.iter().any(|r| r == "admin") {
+    if glance_sync::auth::has_admin_role(roles) {
         return Ok(());
     }
     let jobs: Vec<&str> = config

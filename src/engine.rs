@@ -4,7 +4,7 @@
 //! to do, carries the actions out (copies through the transfer pipeline, patches and
 //! (de)activations through the Glance client) and records every outcome in the state database.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -160,18 +160,22 @@ impl Engine {
         }
         let mut target_images = BTreeMap::new();
         let mut unreachable_targets = Vec::new();
+        let mut without_admin = BTreeSet::new();
         for (t, listing) in targets {
             let listed = match listing {
                 Ok(images) => self
                     .client(&t)
-                    .project_id()
+                    .identity()
                     .await
-                    .map(|project| (images, project)),
+                    .map(|access| (images, access)),
                 Err(e) => Err(e),
             };
             match listed {
-                Ok((images, project)) => {
-                    if let Some(project) = project {
+                Ok((images, access)) => {
+                    if access.known_without_admin() {
+                        without_admin.insert(t.clone());
+                    }
+                    if let Some(project) = access.project_id {
                         projects.insert(t.clone(), project);
                     }
                     target_images.insert(t, images);
@@ -185,9 +189,10 @@ impl Engine {
         let mut reachable = job.clone();
         reachable.targets.retain(|t| target_images.contains_key(t));
         let ledger = ledger()?;
-        let members = self
+        let mut members = self
             .list_members(&reachable, &source_images, &target_images, &ledger)
             .await;
+        members.status_needs_admin = without_admin;
         let plan = plan::plan(
             &PlanInput {
                 job: &reachable,

@@ -8,7 +8,7 @@
 //! the images the ledger records for that job and its source cloud, and never one that a run is
 //! still copying. Provenance markers on images are informational: anyone may set a property.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
 use serde_json::Value;
@@ -91,6 +91,10 @@ pub struct Members {
     pub source: HashMap<String, Vec<Member>>,
     /// (target cloud, image id) → the members of our copy there.
     pub target: HashMap<(String, String), Vec<Member>>,
+    /// Target clouds whose token is known to carry no admin role: by default Glance lets only an
+    /// admin (or the member's own project) set a member's status, so there members are added
+    /// pending and the source's statuses are not asked for.
+    pub status_needs_admin: BTreeSet<String>,
 }
 
 /// The members a copy must have, through the project map, and the source's members that have no
@@ -122,11 +126,23 @@ pub struct MemberChanges {
     /// Why the source's members cannot be given to the copy at all, if so.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub blocked: Option<String>,
+    /// Statuses the source's members have that the target's credentials may not set (no admin
+    /// role): those members keep the status they have on the copy.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub status_needs_admin: Vec<Member>,
 }
 
 impl MemberChanges {
     pub fn writes(&self) -> bool {
         !(self.add.is_empty() && self.remove.is_empty() && self.set_status.is_empty())
+    }
+
+    /// Whether `plan` shows these changes: they write, or something is left undone.
+    fn worth_saying(&self) -> bool {
+        self.writes()
+            || !self.unmapped.is_empty()
+            || self.blocked.is_some()
+            || !self.status_needs_admin.is_empty()
     }
 
     fn describe(&self) -> String {
@@ -151,6 +167,17 @@ impl MemberChanges {
         if let Some(why) = &self.blocked {
             parts.push(why.clone());
         }
+        if !self.status_needs_admin.is_empty() {
+            let statuses: Vec<String> = self
+                .status_needs_admin
+                .iter()
+                .map(|m| format!("{} {}", m.project, m.status))
+                .collect();
+            parts.push(format!(
+                "status not replicated, it needs the admin role on the target: {}",
+                statuses.join(" ")
+            ));
+        }
         parts.join(", ")
     }
 }
@@ -161,6 +188,7 @@ fn member_changes(
     current: &[Member],
     copy_visibility: &str,
     rules: &MetadataRules,
+    may_set_status: bool,
 ) -> MemberChanges {
     let (desired, unmapped) = desired_members(source, rules);
     if copy_visibility != "shared" {
@@ -180,9 +208,21 @@ fn member_changes(
         ..Default::default()
     };
     for want in &desired {
-        match current.iter().find(|c| c.project == want.project) {
-            None => changes.add.push(want.clone()),
-            Some(have) if have.status != want.status => changes.set_status.push(want.clone()),
+        let have = current.iter().find(|c| c.project == want.project);
+        // A new member starts pending.
+        let status = have.map_or("pending", |h| h.status.as_str());
+        if status != want.status && !may_set_status {
+            changes.status_needs_admin.push(want.clone());
+        }
+        match have {
+            None if may_set_status => changes.add.push(want.clone()),
+            None => changes.add.push(Member {
+                project: want.project.clone(),
+                status: "pending".into(),
+            }),
+            Some(_) if status != want.status && may_set_status => {
+                changes.set_status.push(want.clone())
+            }
             Some(_) => {}
         }
     }
@@ -1003,16 +1043,22 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
                         .members
                         .then(|| input.members.source.get(&s.id))
                         .flatten()
-                        .map(|source| member_changes(source, &[], &meta.visibility, rules));
+                        .map(|source| {
+                            member_changes(
+                                source,
+                                &[],
+                                &meta.visibility,
+                                rules,
+                                !input.members.status_needs_admin.contains(target),
+                            )
+                        });
                     actions.push(action(ActionKind::Copy {
                         target_id: id.id().to_string(),
                         protect: meta.protected,
                         create_body: create_body(id.id(), s, &meta),
                         id: id.clone(),
                         fallback_body,
-                        members: members.filter(|m| {
-                            m.writes() || !m.unmapped.is_empty() || m.blocked.is_some()
-                        }),
+                        members: members.filter(MemberChanges::worth_saying),
                     }));
                 }
                 Decision::Ours(c) | Decision::Relink(c, _) => {
@@ -1056,11 +1102,9 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
                             copy_members,
                             &desired.visibility,
                             rules,
+                            !input.members.status_needs_admin.contains(target),
                         );
-                        if changes.writes()
-                            || !changes.unmapped.is_empty()
-                            || changes.blocked.is_some()
-                        {
+                        if changes.worth_saying() {
                             actions.push(action(ActionKind::SyncMembers {
                                 target_id: c.id.clone(),
                                 changes,
@@ -2292,6 +2336,15 @@ mod tests {
     }
 
     fn with_members(source: Vec<Member>, copy: Option<Vec<Member>>, rules: &str) -> Plan {
+        with_members_as(source, copy, rules, true)
+    }
+
+    fn with_members_as(
+        source: Vec<Member>,
+        copy: Option<Vec<Member>>,
+        rules: &str,
+        admin: bool,
+    ) -> Plan {
         let mut s = image("s1", "shared-img", "m1");
         s.visibility = "shared".into();
         let mut j = job(&["a"]);
@@ -2308,6 +2361,9 @@ mod tests {
         members.source.insert("s1".into(), source);
         if let Some(copy) = copy {
             members.target.insert(("a".into(), "t1".into()), copy);
+        }
+        if !admin {
+            members.status_needs_admin.insert("a".into());
         }
         let target_images = BTreeMap::from([("a".to_string(), vec![copy_of(&s, "t1")])]);
         plan(
@@ -2337,6 +2393,23 @@ mod tests {
         assert_eq!(
             kinds(&p),
             vec!["s1@a: members: +q1 accepted, -old, q2 pending, not in project_map (skipped): p9"]
+        );
+    }
+
+    #[test]
+    fn without_the_admin_role_members_are_added_pending_and_the_plan_says_why() {
+        let p = with_members_as(
+            vec![member("p1", "accepted"), member("p2", "rejected")],
+            Some(vec![member("p2", "pending")]),
+            "members = true\nproject_map = { \"*\" = \"*\" }",
+            false,
+        );
+        assert_eq!(
+            kinds(&p),
+            vec![
+                "s1@a: members: +p1 pending, status not replicated, it needs the admin role on \
+                 the target: p1 accepted p2 rejected"
+            ]
         );
     }
 

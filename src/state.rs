@@ -119,6 +119,17 @@ pub struct FailingImage {
     pub updated_at: String,
 }
 
+/// An in-sync copy of ours whose id is not its source image's: made before `preserve_ids`, or
+/// with a new id because the target refused the source's (`preserve_ids = "prefer"`).
+#[derive(Debug, Clone, Serialize)]
+pub struct CopyUnderOtherId {
+    pub job: String,
+    pub name: Option<String>,
+    pub target: String,
+    pub source_id: String,
+    pub target_id: String,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct RunSummary {
     pub result: &'static str,
@@ -759,6 +770,28 @@ impl State {
                     attempts: r.get(5)?,
                     last_error: r.get(6)?,
                     updated_at: r.get(7)?,
+                })
+            })?
+            .collect()
+        })
+    }
+
+    /// Every in-sync copy of ours whose id differs from its source image's.
+    pub fn copies_under_other_ids(&self) -> Result<Vec<CopyUnderOtherId>, StateError> {
+        self.with(|c| {
+            let mut q = c.prepare(
+                "SELECT job, name, target_cloud, source_id, target_id FROM replicas
+                 WHERE state = 'in_sync' AND foreign_image = 0 AND target_id IS NOT NULL
+                   AND target_id != source_id
+                 ORDER BY job, name, target_cloud",
+            )?;
+            q.query_map([], |r| {
+                Ok(CopyUnderOtherId {
+                    job: r.get(0)?,
+                    name: r.get(1)?,
+                    target: r.get(2)?,
+                    source_id: r.get(3)?,
+                    target_id: r.get(4)?,
                 })
             })?
             .collect()

@@ -143,6 +143,52 @@ async fn sync_through_real_keystone_with_password_auth_and_catalog_endpoints() {
         check.stdout
     );
 
+    // members = true as the same user: the copy gets the source's members, but only an admin may
+    // set another project's member status, so they stay pending and plan says why.
+    let shared = source
+        .create_with_data(
+            image_body(
+                "shared-with-x",
+                "raw",
+                serde_json::json!({"visibility": "shared"}),
+            ),
+            random_bytes(4096, 78),
+        )
+        .await;
+    let shared_id = shared["id"].as_str().unwrap();
+    source.add_member(shared_id, "project-x").await;
+    source
+        .set_member_status(shared_id, "project-x", "accepted")
+        .await;
+    let members_cfg = dir.path().join("members.toml");
+    std::fs::write(
+        &members_cfg,
+        std::fs::read_to_string(&viewer)
+            .unwrap()
+            .replace("viewer.db", "members.db")
+            .replace("owner = \"source\"", "members = true")
+            .replace(
+                "targets = [\"dr\"]",
+                "targets = [\"dr\"]\n[jobs.filter]\ninclude = [\"shared-with-x\"]",
+            ),
+    )
+    .unwrap();
+    let plan = glance_sync(&members_cfg, &["plan"]).await;
+    plan.assert_code(0);
+    assert!(
+        plan.stdout.contains("+project-x pending")
+            && plan.stdout.contains(
+                "status not replicated, it needs the admin role on the target: project-x accepted"
+            ),
+        "{}",
+        plan.stdout
+    );
+    glance_sync(&members_cfg, &["run"]).await.assert_code(0);
+    let copy = copies_by_source(&target).await[shared_id][0].clone();
+    let members = target.members(copy["id"].as_str().unwrap()).await;
+    assert_eq!(members["members"][0]["member_id"], "project-x");
+    assert_eq!(members["members"][0]["status"], "pending");
+
     let db = std::fs::read(dir.path().join("state.db")).unwrap();
     assert!(
         !db.windows(PASSWORD.len()).any(|w| w == PASSWORD.as_bytes()),

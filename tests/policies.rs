@@ -206,6 +206,78 @@ async fn preserve_ids_keeps_the_source_id_and_falls_back_or_fails_when_it_is_tak
         );
         assert_eq!(copy[0]["status"], "active");
     }
+    let status = glance_sync(&cfg, &["status"]).await;
+    status.assert_code(0);
+    let listed = status
+        .stdout
+        .split_once("copies with a new id")
+        .map(|(_, rest)| rest.to_string())
+        .unwrap_or_else(|| {
+            panic!(
+                "status does not list copies with a new id:\n{}",
+                status.stdout
+            )
+        });
+    assert!(
+        listed.contains("img-1") && listed.contains("img-2") && !listed.contains("img-0"),
+        "{}",
+        status.stdout
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs real Glance: run tests/run.sh"]
+async fn a_visibility_the_target_refuses_fails_that_image_with_the_role_it_needs() {
+    let src = RealGlance::start("pol-403-src");
+    let dst = RealGlance::start("pol-403-dst");
+    let source = Api::new(&src.url);
+    let mut ids = Vec::new();
+    for (i, (name, visibility)) in [("open", "public"), ("closed", "private")]
+        .into_iter()
+        .enumerate()
+    {
+        let img = source
+            .create_with_data(
+                image_body(name, "raw", json!({ "visibility": visibility })),
+                random_bytes(8192, 30 + i as u64),
+            )
+            .await;
+        ids.push(img["id"].as_str().unwrap().to_string());
+    }
+    // On the target glance-sync works as a plain member of its project: Glance's default policy
+    // lets only an admin make an image public.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[state]\npath = \"{}\"\n\n{}[clouds.dr]\nauth_type = \"token\"\n\
+             image_endpoint_override = \"{}\"\nproject_id = \"p-sync\"\n[clouds.dr.auth]\n\
+             token = \"sync:p-sync:member,reader\"\n\n[[jobs]]\nname = \"job\"\n\
+             source = \"prod\"\ntargets = [\"dr\"]\n",
+            dir.path().join("state.db").display(),
+            clouds_toml(&[("prod", &src.url)], None),
+            dst.url
+        ),
+    )
+    .unwrap();
+    let run = glance_sync(&cfg, &["run"]).await;
+    run.assert_code(1);
+    assert!(
+        run.stdout.contains("HTTP 403")
+            && run.stdout.contains("making an image public")
+            && run.stdout.contains("need the admin role"),
+        "{}",
+        run.stdout
+    );
+    let copies = copies_by_source(&Api::new(&dst.url)).await;
+    assert!(!copies.contains_key(ids[0].as_str()), "no public copy");
+    assert_eq!(
+        copies[ids[1].as_str()][0]["status"],
+        "active",
+        "the other image is copied"
+    );
+    assert_eq!(copies[ids[1].as_str()][0]["owner"], "p-sync");
 }
 
 #[tokio::test(flavor = "multi_thread")]
