@@ -111,6 +111,7 @@ impl Engine {
             settings: transfer::Settings {
                 stall_timeout: config.transfer.stall_timeout,
                 hashing_nice: config.transfer.hashing_nice,
+                verify_digests: config.transfer.verify_digests,
             },
             max_parallel_images: config.transfer.max_parallel_images,
             progress,

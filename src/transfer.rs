@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::glance::{GlanceClient, GlanceError};
 use crate::image::Image;
 use crate::metadata::PatchOp;
-use crate::verify::{self, Digests, StreamHasher};
+use crate::verify::{self, Proven, StreamHasher};
 
 /// Chunks queued per target. With reqwest's chunks of at most a few hundred KiB this keeps a
 /// transfer's memory to a few MiB per target.
@@ -137,6 +137,8 @@ pub struct Settings {
     pub stall_timeout: Duration,
     /// Nice value of the hashing threads (`[transfer] hashing_nice`).
     pub hashing_nice: i32,
+    /// Which digests to compute (`[transfer] verify_digests`).
+    pub verify_digests: crate::config::VerifyDigests,
 }
 
 /// Copies `image` from `source` to every target, reading the source once.
@@ -436,7 +438,7 @@ async fn pump(
     settings: &Settings,
     progress: &dyn ProgressSink,
     cancel: &CancellationToken,
-) -> Result<Option<Digests>, TransferError> {
+) -> Result<Option<Proven>, TransferError> {
     let size = image.size.unwrap_or(0);
     let read_error = |message: String| {
         TransferError::new(
@@ -449,7 +451,10 @@ async fn pump(
         )
     };
     let mut stream = response.bytes_stream();
-    let mut hasher = StreamHasher::start(verify::algo_for(image), settings.hashing_nice);
+    let mut hasher = StreamHasher::start(
+        &verify::digests_to_compute(image, settings.verify_digests),
+        settings.hashing_nice,
+    );
     let mut held: Option<Bytes> = None;
     let mut read: u64 = 0;
     let mut resumes = 0;
@@ -541,7 +546,7 @@ async fn pump(
             // Every upload ended early; their own errors say why.
             return Ok(None);
         }
-        verify::check_against_source(&digests, image).map_err(|e| {
+        let proven = verify::check_against_source(&digests, image).map_err(|e| {
             TransferError::new(
                 FailureReason::SourceCorrupt,
                 format!(
@@ -552,7 +557,7 @@ async fn pump(
                 ),
             )
         })?;
-        Ok(Some(digests))
+        Ok(Some(proven))
     });
     match &verdict {
         Ok(_) => {
@@ -571,7 +576,7 @@ async fn pump(
 }
 
 /// After a successful upload: read the copy back and check what its server stored.
-async fn check_copy(t: &CopyTarget, digests: &Digests) -> Result<(), TransferError> {
+async fn check_copy(t: &CopyTarget, digests: &Proven) -> Result<(), TransferError> {
     let cloud = t.client.cloud();
     let copy = t
         .client

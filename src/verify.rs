@@ -23,6 +23,7 @@ use md5::Md5;
 use sha2::{Digest, Sha256, Sha384, Sha512};
 use tokio::sync::mpsc;
 
+use crate::config::VerifyDigests;
 use crate::image::Image;
 
 /// Chunks are handed to the hashing threads in batches of about this many bytes: one wake-up of
@@ -38,15 +39,6 @@ type Batch = Arc<Vec<Bytes>>;
 
 /// The algorithms we can compute for `os_hash_value`.
 pub const SUPPORTED_ALGOS: &[&str] = &["sha512", "sha384", "sha256"];
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Digests {
-    pub size: u64,
-    pub md5: String,
-    /// The multihash algorithm computed (the source's if we support it, else sha512).
-    pub algo: String,
-    pub value: String,
-}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum VerifyError {
@@ -78,53 +70,93 @@ pub enum VerifyError {
     },
 }
 
+/// A digest we can compute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algo {
+    Md5,
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+impl Algo {
+    /// The multihash algorithm named `name` (Glance's `os_hash_algo`), if we compute it.
+    fn multihash(name: &str) -> Option<Algo> {
+        match name {
+            "sha256" => Some(Algo::Sha256),
+            "sha384" => Some(Algo::Sha384),
+            "sha512" => Some(Algo::Sha512),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Algo::Md5 => "md5",
+            Algo::Sha256 => "sha256",
+            Algo::Sha384 => "sha384",
+            Algo::Sha512 => "sha512",
+        }
+    }
+}
+
+/// The source's multihash algorithm, when it recorded a value in one we compute.
+fn source_multihash(source: &Image) -> Option<Algo> {
+    source.os_hash_value.as_ref()?;
+    Algo::multihash(source.os_hash_algo.as_deref()?)
+}
+
 /// Whether the bytes of `source` can be checked at all: it has an MD5 checksum, or a multihash in
 /// an algorithm we compute. The planner skips the others instead of streaming them for nothing.
 pub fn source_is_verifiable(source: &Image) -> bool {
-    source.checksum.is_some()
-        || (source.os_hash_value.is_some()
-            && source
-                .os_hash_algo
-                .as_deref()
-                .is_some_and(|a| SUPPORTED_ALGOS.contains(&a)))
+    source.checksum.is_some() || source_multihash(source).is_some()
 }
 
-/// Which multihash to compute while copying `source`.
-pub fn algo_for(source: &Image) -> &'static str {
-    source
-        .os_hash_algo
-        .as_deref()
-        .and_then(|a| SUPPORTED_ALGOS.iter().find(|s| **s == a))
-        .copied()
-        .unwrap_or("sha512")
+/// The digests to compute while copying `source`. With `strongest`, the source's multihash
+/// alone: a match proves the bytes are the source's, and MD5 on top proves nothing more (the
+/// target's server computes its own MD5, which the read-back compares with the source's). MD5
+/// is computed when the source recorded no multihash we compute (an image older than Rocky), and
+/// with `all`; `all` without a source multihash adds SHA-512, what a target Glance records by
+/// default, so that the read-back compares two digests.
+pub fn digests_to_compute(source: &Image, policy: VerifyDigests) -> Vec<Algo> {
+    match (policy, source_multihash(source)) {
+        (VerifyDigests::Strongest, Some(algo)) => vec![algo],
+        (VerifyDigests::Strongest, None) => vec![Algo::Md5],
+        (VerifyDigests::All, Some(algo)) => vec![Algo::Md5, algo],
+        (VerifyDigests::All, None) => vec![Algo::Md5, Algo::Sha512],
+    }
 }
 
-enum MultiHasher {
+enum Hasher {
+    Md5(Md5),
     Sha256(Sha256),
     Sha384(Sha384),
     Sha512(Sha512),
 }
 
-impl MultiHasher {
-    fn new(algo: &str) -> MultiHasher {
+impl Hasher {
+    fn new(algo: Algo) -> Hasher {
         match algo {
-            "sha256" => MultiHasher::Sha256(Sha256::new()),
-            "sha384" => MultiHasher::Sha384(Sha384::new()),
-            _ => MultiHasher::Sha512(Sha512::new()),
+            Algo::Md5 => Hasher::Md5(Md5::new()),
+            Algo::Sha256 => Hasher::Sha256(Sha256::new()),
+            Algo::Sha384 => Hasher::Sha384(Sha384::new()),
+            Algo::Sha512 => Hasher::Sha512(Sha512::new()),
         }
     }
     fn update(&mut self, data: &[u8]) {
         match self {
-            MultiHasher::Sha256(h) => h.update(data),
-            MultiHasher::Sha384(h) => h.update(data),
-            MultiHasher::Sha512(h) => h.update(data),
+            Hasher::Md5(h) => h.update(data),
+            Hasher::Sha256(h) => h.update(data),
+            Hasher::Sha384(h) => h.update(data),
+            Hasher::Sha512(h) => h.update(data),
         }
     }
     fn hex(self) -> String {
         match self {
-            MultiHasher::Sha256(h) => hex(&h.finalize()),
-            MultiHasher::Sha384(h) => hex(&h.finalize()),
-            MultiHasher::Sha512(h) => hex(&h.finalize()),
+            Hasher::Md5(h) => hex(&h.finalize()),
+            Hasher::Sha256(h) => hex(&h.finalize()),
+            Hasher::Sha384(h) => hex(&h.finalize()),
+            Hasher::Sha512(h) => hex(&h.finalize()),
         }
     }
 }
@@ -133,13 +165,26 @@ fn hex(bytes: &[u8]) -> String {
     base16ct::lower::encode_string(bytes)
 }
 
-/// Digests of a byte stream, computed on two threads while the stream flows.
+/// What the hashing threads computed over a byte stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digests {
+    pub size: u64,
+    /// Each digest computed, in hex.
+    pub values: Vec<(Algo, String)>,
+}
+
+impl Digests {
+    pub fn get(&self, algo: Algo) -> Option<&str> {
+        self.values
+            .iter()
+            .find(|(a, _)| *a == algo)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Digests of a byte stream, computed on one thread per digest while the stream flows.
 pub struct StreamHasher {
-    md5_tx: mpsc::Sender<Batch>,
-    multi_tx: mpsc::Sender<Batch>,
-    md5_thread: std::thread::JoinHandle<String>,
-    multi_thread: std::thread::JoinHandle<String>,
-    algo: &'static str,
+    lanes: Vec<(Algo, mpsc::Sender<Batch>, std::thread::JoinHandle<String>)>,
     size: u64,
     /// Chunks fed but not yet handed to the threads.
     pending: Vec<Bytes>,
@@ -147,45 +192,36 @@ pub struct StreamHasher {
 }
 
 impl StreamHasher {
-    /// Starts the two hashing threads at nice value `nice` (0 = the process's own priority).
-    pub fn start(algo: &'static str, nice: i32) -> StreamHasher {
-        let (md5_tx, mut md5_rx) = mpsc::channel::<Batch>(HASH_QUEUE_BATCHES);
-        let (multi_tx, mut multi_rx) = mpsc::channel::<Batch>(HASH_QUEUE_BATCHES);
-        let md5_thread = std::thread::Builder::new()
-            .name("hash-md5".into())
-            .spawn(move || {
-                lower_this_thread_priority(nice);
-                let mut h = Md5::new();
-                while let Some(batch) = md5_rx.blocking_recv() {
-                    batch.iter().for_each(|chunk| h.update(chunk));
-                }
-                hex(&h.finalize())
+    /// Starts a hashing thread per algorithm at nice value `nice` (0 = the process's own
+    /// priority).
+    pub fn start(algos: &[Algo], nice: i32) -> StreamHasher {
+        let lanes = algos
+            .iter()
+            .map(|&algo| {
+                let (tx, mut rx) = mpsc::channel::<Batch>(HASH_QUEUE_BATCHES);
+                let thread = std::thread::Builder::new()
+                    .name(format!("hash-{}", algo.name()))
+                    .spawn(move || {
+                        lower_this_thread_priority(nice);
+                        let mut h = Hasher::new(algo);
+                        while let Some(batch) = rx.blocking_recv() {
+                            batch.iter().for_each(|chunk| h.update(chunk));
+                        }
+                        h.hex()
+                    })
+                    .expect("spawn hashing thread");
+                (algo, tx, thread)
             })
-            .expect("spawn hashing thread");
-        let multi_thread = std::thread::Builder::new()
-            .name(format!("hash-{algo}"))
-            .spawn(move || {
-                lower_this_thread_priority(nice);
-                let mut h = MultiHasher::new(algo);
-                while let Some(batch) = multi_rx.blocking_recv() {
-                    batch.iter().for_each(|chunk| h.update(chunk));
-                }
-                h.hex()
-            })
-            .expect("spawn hashing thread");
+            .collect();
         StreamHasher {
-            md5_tx,
-            multi_tx,
-            md5_thread,
-            multi_thread,
-            algo,
+            lanes,
             size: 0,
             pending: Vec::new(),
             pending_bytes: 0,
         }
     }
 
-    /// Queues a chunk for both digests; waits only when a hashing thread is behind.
+    /// Queues a chunk for every digest; waits only when a hashing thread is behind.
     pub async fn feed(&mut self, chunk: Bytes) {
         self.size += chunk.len() as u64;
         self.pending_bytes += chunk.len();
@@ -202,38 +238,32 @@ impl StreamHasher {
         let batch: Batch = Arc::new(std::mem::take(&mut self.pending));
         self.pending_bytes = 0;
         // The threads only stop when the senders are dropped, so these sends cannot fail.
-        let _ = self.md5_tx.send(batch.clone()).await;
-        let _ = self.multi_tx.send(batch).await;
+        for (_, tx, _) in &self.lanes {
+            let _ = tx.send(batch.clone()).await;
+        }
     }
 
-    /// Waits for both threads to digest everything fed so far.
+    /// Waits for the threads to digest everything fed so far.
     pub async fn finish(mut self) -> Digests {
         self.hand_over().await;
-        let StreamHasher {
-            md5_tx,
-            multi_tx,
-            md5_thread,
-            multi_thread,
-            algo,
-            size,
-            ..
-        } = self;
-        drop(md5_tx);
-        drop(multi_tx);
-        let (md5, value) = tokio::task::spawn_blocking(move || {
-            (
-                md5_thread.join().expect("md5 thread"),
-                multi_thread.join().expect("hash thread"),
-            )
+        let size = self.size;
+        let threads: Vec<(Algo, std::thread::JoinHandle<String>)> = self
+            .lanes
+            .into_iter()
+            .map(|(algo, tx, thread)| {
+                drop(tx); // end of stream for that thread
+                (algo, thread)
+            })
+            .collect();
+        let values = tokio::task::spawn_blocking(move || {
+            threads
+                .into_iter()
+                .map(|(algo, thread)| (algo, thread.join().expect("hashing thread")))
+                .collect()
         })
         .await
         .expect("join hashing threads");
-        Digests {
-            size,
-            md5,
-            algo: algo.to_string(),
-            value,
-        }
+        Digests { size, values }
     }
 }
 
@@ -289,8 +319,20 @@ fn try_lower_this_thread_priority(nice: i32) -> std::io::Result<()> {
 #[cfg(not(target_os = "linux"))]
 fn lower_this_thread_priority(_nice: i32) {}
 
-/// Whether the bytes read are exactly the source image's. At least one recorded digest must match.
-pub fn check_against_source(d: &Digests, source: &Image) -> Result<(), VerifyError> {
+/// Digests known to describe the bytes read: the ones computed, and, once one of them matched
+/// the source's record, the source's recorded ones too (they were computed by the source's server
+/// over the same bytes). The read-back compares the copy's digests with these.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proven {
+    pub size: u64,
+    pub md5: Option<String>,
+    /// (os_hash_algo, value) pairs.
+    pub multihashes: Vec<(String, String)>,
+}
+
+/// Whether the bytes read are exactly the source image's: the size, and every digest computed
+/// that the source recorded too (at least one).
+pub fn check_against_source(d: &Digests, source: &Image) -> Result<Proven, VerifyError> {
     let expected_size = source.size.unwrap_or(0);
     if d.size != expected_size {
         return Err(VerifyError::SizeMismatch {
@@ -299,72 +341,96 @@ pub fn check_against_source(d: &Digests, source: &Image) -> Result<(), VerifyErr
         });
     }
     let mut compared = false;
-    if let Some(sum) = &source.checksum {
-        if !sum.eq_ignore_ascii_case(&d.md5) {
+    if let (Some(sum), Some(md5)) = (&source.checksum, d.get(Algo::Md5)) {
+        if !sum.eq_ignore_ascii_case(md5) {
             return Err(VerifyError::Md5Mismatch {
                 expected: sum.clone(),
-                got: d.md5.clone(),
+                got: md5.to_string(),
             });
         }
         compared = true;
     }
     if let (Some(algo), Some(value)) = (&source.os_hash_algo, &source.os_hash_value)
-        && *algo == d.algo
+        && let Some(ours) = Algo::multihash(algo).and_then(|a| d.get(a))
     {
-        if !value.eq_ignore_ascii_case(&d.value) {
+        if !value.eq_ignore_ascii_case(ours) {
             return Err(VerifyError::HashMismatch {
                 algo: algo.clone(),
                 expected: value.clone(),
-                got: d.value.clone(),
+                got: ours.to_string(),
             });
         }
         compared = true;
     }
-    if compared {
-        Ok(())
-    } else {
-        Err(VerifyError::Unverifiable {
+    if !compared {
+        return Err(VerifyError::Unverifiable {
             what: "the source image".into(),
-            algo: d.algo.clone(),
-        })
+            algo: d
+                .values
+                .iter()
+                .map(|(a, _)| a.name())
+                .collect::<Vec<_>>()
+                .join("+"),
+        });
     }
+    let mut multihashes: Vec<(String, String)> = d
+        .values
+        .iter()
+        .filter(|(a, _)| *a != Algo::Md5)
+        .map(|(a, v)| (a.name().to_string(), v.clone()))
+        .collect();
+    if let (Some(algo), Some(value)) = (&source.os_hash_algo, &source.os_hash_value)
+        && !multihashes.iter().any(|(a, _)| a == algo)
+    {
+        multihashes.push((algo.clone(), value.to_ascii_lowercase()));
+    }
+    Ok(Proven {
+        size: d.size,
+        md5: d
+            .get(Algo::Md5)
+            .map(str::to_string)
+            .or_else(|| source.checksum.as_ref().map(|s| s.to_ascii_lowercase())),
+        multihashes,
+    })
 }
 
-/// Whether the target stored exactly the bytes we sent: active, same size, and the digests its
-/// own server computed equal ours.
-pub fn check_copy(d: &Digests, copy: &Image) -> Result<(), VerifyError> {
+/// Whether the target stored exactly the bytes we sent: active, same size, and every digest its
+/// own server computed that we know for these bytes is equal (at least one).
+pub fn check_copy(p: &Proven, copy: &Image) -> Result<(), VerifyError> {
     if !copy.is_active() {
         return Err(VerifyError::NotActive {
             status: copy.status.clone(),
         });
     }
-    if copy.size != Some(d.size) {
+    if copy.size != Some(p.size) {
         return Err(VerifyError::CopyDiffers {
             field: "size",
-            expected: d.size.to_string(),
+            expected: p.size.to_string(),
             got: copy.size.map(|s| s.to_string()),
         });
     }
     let mut compared = false;
-    if let Some(sum) = &copy.checksum {
-        if !sum.eq_ignore_ascii_case(&d.md5) {
+    if let (Some(sum), Some(md5)) = (&copy.checksum, &p.md5) {
+        if !sum.eq_ignore_ascii_case(md5) {
             return Err(VerifyError::CopyDiffers {
                 field: "checksum",
-                expected: d.md5.clone(),
+                expected: md5.clone(),
                 got: Some(sum.clone()),
             });
         }
         compared = true;
     }
-    if copy.os_hash_algo.as_deref() == Some(d.algo.as_str()) {
+    if let Some(algo) = &copy.os_hash_algo
+        && let Some((_, value)) = p.multihashes.iter().find(|(a, _)| a == algo)
+    {
         if !copy
             .os_hash_value
             .as_deref()
-            .is_some_and(|v| v.eq_ignore_ascii_case(&d.value))
+            .is_some_and(|v| v.eq_ignore_ascii_case(value))
         {
             return Err(VerifyError::CopyDiffers {
                 field: "os_hash_value",
-                expected: d.value.clone(),
+                expected: value.clone(),
                 got: copy.os_hash_value.clone(),
             });
         }
@@ -375,7 +441,7 @@ pub fn check_copy(d: &Digests, copy: &Image) -> Result<(), VerifyError> {
     } else {
         Err(VerifyError::Unverifiable {
             what: "the copy".into(),
-            algo: d.algo.clone(),
+            algo: copy.os_hash_algo.clone().unwrap_or_default(),
         })
     }
 }
@@ -385,8 +451,8 @@ mod tests {
     use super::*;
     use crate::image::tests::image;
 
-    async fn digest(chunks: &[&[u8]], algo: &'static str) -> Digests {
-        let mut h = StreamHasher::start(algo, 0);
+    async fn digest(chunks: &[&[u8]], algos: &[Algo]) -> Digests {
+        let mut h = StreamHasher::start(algos, 0);
         for c in chunks {
             h.feed(Bytes::copy_from_slice(c)).await;
         }
@@ -395,15 +461,13 @@ mod tests {
 
     #[tokio::test]
     async fn digests_match_known_vectors_across_chunk_boundaries() {
-        let d = digest(&[b"a", b"bc"], "sha512").await;
+        let d = digest(&[b"a", b"bc"], &[Algo::Md5, Algo::Sha512]).await;
         assert_eq!(d.size, 3);
-        assert_eq!(d.md5, "900150983cd24fb0d6963f7d28e17f72");
-        assert!(d.value.starts_with("ddaf35a193617aba"));
-        let d = digest(&[b"abc"], "sha256").await;
-        assert_eq!(
-            d.value,
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(d.get(Algo::Md5), Some(ABC_MD5));
+        assert!(d.get(Algo::Sha512).unwrap().starts_with("ddaf35a193617aba"));
+        let d = digest(&[b"abc"], &[Algo::Sha256]).await;
+        assert_eq!(d.get(Algo::Sha256), Some(ABC_SHA256));
+        assert_eq!(d.get(Algo::Md5), None, "only what was asked for");
     }
 
     #[tokio::test]
@@ -412,10 +476,17 @@ mod tests {
             .map(|i| (i * 7 % 251) as u8)
             .collect();
         let pieces: Vec<&[u8]> = data.chunks(300_000).collect();
-        let d = digest(&pieces, "sha512").await;
+        let d = digest(&pieces, &[Algo::Md5, Algo::Sha512, Algo::Sha384]).await;
         assert_eq!(d.size, data.len() as u64);
-        assert_eq!(d.md5, hex(&Md5::digest(&data)));
-        assert_eq!(d.value, hex(&Sha512::digest(&data)));
+        assert_eq!(d.get(Algo::Md5), Some(hex(&Md5::digest(&data)).as_str()));
+        assert_eq!(
+            d.get(Algo::Sha512),
+            Some(hex(&Sha512::digest(&data)).as_str())
+        );
+        assert_eq!(
+            d.get(Algo::Sha384),
+            Some(hex(&Sha384::digest(&data)).as_str())
+        );
     }
 
     /// The nice values of this process's threads named `name`, read from /proc (other tests
@@ -447,7 +518,7 @@ mod tests {
         // Never raised: under `nice -n 18` the threads keep 18.
         // SAFETY: getpriority only reads its arguments.
         let expected = i64::from(unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }.max(17));
-        let mut h = StreamHasher::start("sha384", 17);
+        let mut h = StreamHasher::start(&[Algo::Md5, Algo::Sha384], 17);
         h.feed(Bytes::from_static(b"abc")).await;
         // The threads are alive until finish(); they set their priority before the first chunk.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -465,7 +536,7 @@ mod tests {
             "{md5:?} {multi:?}"
         );
         let d = h.finish().await;
-        assert_eq!(d.md5, "900150983cd24fb0d6963f7d28e17f72");
+        assert_eq!(d.get(Algo::Md5), Some(ABC_MD5));
     }
 
     /// What a systemd unit whose SystemCallFilter= denies the priority calls, with
@@ -507,12 +578,15 @@ mod tests {
                     .build()
                     .unwrap()
                     .block_on(async {
-                        let mut h = StreamHasher::start("sha512", 19);
+                        let mut h = StreamHasher::start(&[Algo::Md5, Algo::Sha512], 19);
                         h.feed(Bytes::from_static(b"abc")).await;
                         h.finish().await
                     });
-                assert_eq!(d.md5, "900150983cd24fb0d6963f7d28e17f72");
-                assert!(d.value.starts_with("ddaf35a193617aba"), "{}", d.value);
+                assert_eq!(d.get(Algo::Md5), Some(ABC_MD5));
+                assert!(
+                    d.get(Algo::Sha512).unwrap().starts_with("ddaf35a193617aba"),
+                    "{d:?}"
+                );
                 assert!(
                     PRIORITY_WARNING.is_completed(),
                     "the failure was not logged"
@@ -523,10 +597,109 @@ mod tests {
         }
     }
 
+    const ABC_MD5: &str = "900150983cd24fb0d6963f7d28e17f72";
+    const ABC_SHA256: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+
+    /// A source image of the bytes `abc` recording `algo` (and MD5 when `md5`).
+    fn abc_source(algo: Option<Algo>, md5: bool) -> Image {
+        let mut src = image("s", "x", ABC_MD5);
+        src.size = Some(3);
+        src.checksum = md5.then(|| ABC_MD5.to_string());
+        src.os_hash_algo = algo.map(|a| a.name().to_string());
+        src.os_hash_value = algo.map(|a| {
+            let mut h = Hasher::new(a);
+            h.update(b"abc");
+            h.hex()
+        });
+        src
+    }
+
+    #[test]
+    fn strongest_hashes_the_source_multihash_alone_and_md5_only_for_legacy_images() {
+        use VerifyDigests::{All, Strongest};
+        for algo in [Algo::Sha512, Algo::Sha384, Algo::Sha256] {
+            let src = abc_source(Some(algo), true);
+            assert_eq!(digests_to_compute(&src, Strongest), [algo]);
+            assert_eq!(digests_to_compute(&src, All), [Algo::Md5, algo]);
+        }
+        let legacy = abc_source(None, true);
+        assert_eq!(digests_to_compute(&legacy, Strongest), [Algo::Md5]);
+        assert_eq!(digests_to_compute(&legacy, All), [Algo::Md5, Algo::Sha512]);
+        let mut unknown_algo = abc_source(Some(Algo::Sha512), true);
+        unknown_algo.os_hash_algo = Some("blake3".into());
+        assert_eq!(digests_to_compute(&unknown_algo, Strongest), [Algo::Md5]);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_byte_fails_the_source_check_with_every_policy_and_algorithm() {
+        for policy in [VerifyDigests::Strongest, VerifyDigests::All] {
+            for algo in [
+                Some(Algo::Sha512),
+                Some(Algo::Sha384),
+                Some(Algo::Sha256),
+                None,
+            ] {
+                let src = abc_source(algo, true);
+                let algos = digests_to_compute(&src, policy);
+                let good = digest(&[b"abc"], &algos).await;
+                assert!(
+                    check_against_source(&good, &src).is_ok(),
+                    "{policy:?} {algo:?}"
+                );
+                let bad = digest(&[b"abd"], &algos).await;
+                assert!(
+                    matches!(
+                        check_against_source(&bad, &src),
+                        Err(VerifyError::HashMismatch { .. } | VerifyError::Md5Mismatch { .. })
+                    ),
+                    "{policy:?} {algo:?}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn with_strongest_the_read_back_compares_the_copy_with_the_sources_proven_digests() {
+        let src = abc_source(Some(Algo::Sha512), true);
+        let d = digest(&[b"abc"], &[Algo::Sha512]).await;
+        let proven = check_against_source(&d, &src).unwrap();
+        assert_eq!(
+            proven.md5.as_deref(),
+            Some(ABC_MD5),
+            "the source's, vouched for"
+        );
+        // A target that records sha256: its MD5 is what is compared.
+        let mut copy = image("t", "x", ABC_MD5);
+        copy.size = Some(3);
+        copy.os_hash_algo = Some("sha256".into());
+        copy.os_hash_value = Some("whatever".into());
+        assert_eq!(check_copy(&proven, &copy), Ok(()));
+        copy.checksum = Some("0".repeat(32));
+        assert!(matches!(
+            check_copy(&proven, &copy),
+            Err(VerifyError::CopyDiffers {
+                field: "checksum",
+                ..
+            })
+        ));
+        // A target recording the same algorithm: its value must be ours.
+        let mut copy = abc_source(Some(Algo::Sha512), true);
+        copy.id = "t".into();
+        assert_eq!(check_copy(&proven, &copy), Ok(()));
+        copy.os_hash_value = Some("0".repeat(128));
+        assert!(matches!(
+            check_copy(&proven, &copy),
+            Err(VerifyError::CopyDiffers {
+                field: "os_hash_value",
+                ..
+            })
+        ));
+    }
+
     #[tokio::test]
     async fn corrupt_bytes_fail_the_source_check() {
-        let d = digest(&[b"abd"], "sha512").await;
-        let mut src = image("s", "x", "900150983cd24fb0d6963f7d28e17f72");
+        let d = digest(&[b"abd"], &[Algo::Md5]).await;
+        let mut src = image("s", "x", ABC_MD5);
         src.size = Some(3);
         src.os_hash_value = None;
         assert!(matches!(
@@ -537,8 +710,8 @@ mod tests {
 
     #[tokio::test]
     async fn truncated_stream_fails_on_size_before_digests() {
-        let d = digest(&[b"ab"], "sha512").await;
-        let mut src = image("s", "x", "900150983cd24fb0d6963f7d28e17f72");
+        let d = digest(&[b"ab"], &[Algo::Md5, Algo::Sha512]).await;
+        let mut src = image("s", "x", ABC_MD5);
         src.size = Some(3);
         assert_eq!(
             check_against_source(&d, &src),
@@ -551,15 +724,16 @@ mod tests {
 
     #[tokio::test]
     async fn copy_with_other_hash_algorithm_is_checked_by_md5() {
-        let d = digest(&[b"abc"], "sha512").await;
-        let mut copy = image("t", "x", "900150983cd24fb0d6963f7d28e17f72");
+        let d = digest(&[b"abc"], &[Algo::Md5, Algo::Sha512]).await;
+        let proven = check_against_source(&d, &abc_source(None, true)).unwrap();
+        let mut copy = image("t", "x", ABC_MD5);
         copy.size = Some(3);
         copy.os_hash_algo = Some("sha256".into());
         copy.os_hash_value = Some("whatever".into());
-        assert_eq!(check_copy(&d, &copy), Ok(()));
+        assert_eq!(check_copy(&proven, &copy), Ok(()));
         copy.checksum = None;
         assert!(matches!(
-            check_copy(&d, &copy),
+            check_copy(&proven, &copy),
             Err(VerifyError::Unverifiable { .. })
         ));
     }

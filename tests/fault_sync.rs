@@ -177,3 +177,65 @@ async fn a_failing_target_never_breaks_the_other_targets() {
         "the source was read once for both targets"
     );
 }
+
+/// `[transfer] verify_digests`: `strongest` hashes only the source's multihash (MD5 only for a
+/// source without one), `all` both; either way a flipped byte in the download fails the copy,
+/// whichever algorithm the source recorded, and the clean bytes are copied.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_corrupt_byte_is_caught_with_either_digest_policy_for_every_source_algorithm() {
+    for policy in ["strongest", "all"] {
+        let source = FakeGlance::start().await;
+        let mut ids = Vec::new();
+        for (i, algo) in ["sha512", "sha384", "sha256", "legacy-md5-only"]
+            .into_iter()
+            .enumerate()
+        {
+            let (mut spec, _) = image(algo, 1 << 20, 40 + i as u64);
+            if algo.starts_with("sha") {
+                spec.hash_algo = Some(algo.into());
+            } else {
+                spec.with_multihash = false;
+            }
+            ids.push((algo, source.add_image(spec)));
+        }
+        let target = FakeGlance::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = write_config(
+            dir.path(),
+            &[("prod", &source.url), ("dr", &target.url)],
+            "prod",
+            &["dr"],
+            &format!("[transfer]\nverify_digests = \"{policy}\"\nretries = 0\n"),
+        );
+        source.set_faults(Faults {
+            corrupt_data: true,
+            ..Faults::default()
+        });
+        let run = glance_sync(&cfg, &["run"]).await;
+        run.assert_code(1);
+        for (algo, id) in &ids {
+            assert!(
+                run.stdout.contains(&format!("image {id} ('{algo}')"))
+                    && run.stdout.contains("the data is corrupt"),
+                "{policy}: the corrupt download of '{algo}' was not caught:\n{}",
+                run.stdout
+            );
+        }
+        assert!(
+            target.images().iter().all(|i| i["status"] != "active"),
+            "{policy}: an active copy of corrupt bytes"
+        );
+
+        source.set_faults(Faults::default());
+        glance_sync(&cfg, &["run"]).await.assert_code(0);
+        let copies = Api::new(&target.url).list_all().await;
+        for (algo, id) in &ids {
+            assert!(
+                copies
+                    .iter()
+                    .any(|c| c["glance_sync_source_id"] == id.as_str() && c["status"] == "active"),
+                "{policy}: '{algo}' not copied once the bytes were clean"
+            );
+        }
+    }
+}

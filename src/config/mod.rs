@@ -79,6 +79,19 @@ pub struct TransferSettings {
     /// Nice value (0-19) of the threads that hash a transfer: above 0 they yield to the threads
     /// that move bytes (see verify.rs).
     pub hashing_nice: i32,
+    /// Which of the source's digests a copy computes and checks.
+    pub verify_digests: VerifyDigests,
+}
+
+/// `[transfer] verify_digests`: which digests a copy computes while the bytes stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyDigests {
+    /// The source's multihash alone (`os_hash_algo`); MD5 only for a source that has no
+    /// multihash. A match of the multihash proves the bytes as well as both would.
+    Strongest,
+    /// MD5 and the multihash, each checked against what the source recorded.
+    All,
 }
 
 /// One cloud, resolved: its credentials and how to find its image endpoint.
@@ -421,6 +434,7 @@ struct TransferSection {
     retries: Option<usize>,
     retry_max_delay: Option<jiff::SignedDuration>,
     hashing_nice: Option<i32>,
+    verify_digests: Option<VerifyDigests>,
 }
 
 /// The keys of a clouds.yaml cloud entry that glance-sync understands, plus `cloud` to refer to one.
@@ -681,6 +695,10 @@ impl Config {
             )
             .map_err(&invalid)?,
             hashing_nice: file.transfer.hashing_nice.unwrap_or(19),
+            verify_digests: file
+                .transfer
+                .verify_digests
+                .unwrap_or(VerifyDigests::Strongest),
         };
         if !(0..=19).contains(&transfer.hashing_nice) {
             return Err(invalid(format!(
