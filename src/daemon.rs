@@ -59,6 +59,8 @@ struct Shared {
     /// Fired on SIGTERM/SIGINT: aborts transfers in flight.
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    /// Kept across reloads: a reload changes the limits of transfers in flight.
+    bandwidth: Arc<crate::bandwidth::Registry>,
 }
 
 /// The loops of one config.
@@ -101,6 +103,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         locks: JobLocks::default(),
         shutdown: CancellationToken::new(),
         tracker: TaskTracker::new(),
+        bandwidth: {
+            let m = metrics.clone();
+            Arc::new(crate::bandwidth::Registry::new(
+                crate::bandwidth::Limit::NONE,
+                move |job, rate| m.set_bandwidth_limit(job, rate),
+            ))
+        },
     };
     let ready = Arc::new(AtomicBool::new(false));
     let http_stop = CancellationToken::new();
@@ -178,10 +187,11 @@ fn require_schedules(config: &Config) -> Result<(), DaemonError> {
 }
 
 fn start_generation(config: Config, shared: &Shared) -> Result<Generation, DaemonError> {
-    let engine = Arc::new(Engine::new(
+    let engine = Arc::new(Engine::with_bandwidth(
         &config,
         Progress::default(),
         shared.metrics.clone(),
+        shared.bandwidth.clone(),
     )?);
     let stop = CancellationToken::new();
     for job in &config.jobs {

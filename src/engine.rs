@@ -13,6 +13,7 @@ use futures_util::future::join_all;
 use serde::Serialize;
 
 use crate::auth::{AuthError, CloudSession};
+use crate::bandwidth;
 use crate::config::{Config, Job};
 use crate::glance::{GlanceClient, GlanceError};
 use crate::image::Image;
@@ -83,6 +84,7 @@ pub struct ActionResult {
 
 pub struct Engine {
     metrics: Arc<Metrics>,
+    bandwidth: Arc<bandwidth::Registry>,
     clients: BTreeMap<String, GlanceClient>,
     settings: transfer::Settings,
     max_parallel_images: usize,
@@ -96,6 +98,29 @@ impl Engine {
         progress: Progress,
         metrics: Arc<Metrics>,
     ) -> Result<Engine, AuthError> {
+        let m = metrics.clone();
+        let bandwidth = Arc::new(bandwidth::Registry::new(
+            bandwidth::Limit::NONE,
+            move |job, rate| m.set_bandwidth_limit(job, rate),
+        ));
+        Engine::with_bandwidth(config, progress, metrics, bandwidth)
+    }
+
+    /// Like [`Engine::new`], with bandwidth limiters that outlive this engine (the daemon's,
+    /// given each reloaded configuration's limits).
+    pub fn with_bandwidth(
+        config: &Config,
+        progress: Progress,
+        metrics: Arc<Metrics>,
+        bandwidth: Arc<bandwidth::Registry>,
+    ) -> Result<Engine, AuthError> {
+        bandwidth.configure(
+            config.transfer.max_bandwidth.clone(),
+            config
+                .jobs
+                .iter()
+                .map(|j| (j.name.as_str(), j.max_bandwidth.clone())),
+        );
         let mut clients = BTreeMap::new();
         for (name, cloud) in &config.clouds {
             metrics.register_cloud(name);
@@ -107,11 +132,13 @@ impl Engine {
         }
         Ok(Engine {
             metrics,
+            bandwidth,
             clients,
             settings: transfer::Settings {
                 stall_timeout: config.transfer.stall_timeout,
                 hashing_nice: config.transfer.hashing_nice,
                 verify_digests: config.transfer.verify_digests,
+                bandwidth: bandwidth::Limiters::default(),
             },
             max_parallel_images: config.transfer.max_parallel_images,
             progress,
@@ -432,6 +459,9 @@ struct Execution<'a> {
     cancel: &'a CancellationToken,
 }
 
+/// Rows of in-sync and skipped images written per transaction.
+const RECORD_BATCH: usize = 2000;
+
 impl Execution<'_> {
     async fn execute(&self, actions: Vec<Action>) -> Result<Vec<ActionResult>, EngineError> {
         let mut results = Vec::new();
@@ -464,12 +494,25 @@ impl Execution<'_> {
         for group in copied {
             results.extend(group?);
         }
+        let mut bookkeeping = Vec::new();
         for action in later {
             if self.cancel.is_cancelled() {
                 break;
             }
+            if matches!(
+                action.kind,
+                ActionKind::InSync { .. } | ActionKind::Skip { .. }
+            ) {
+                bookkeeping.push(action);
+                if bookkeeping.len() >= RECORD_BATCH {
+                    results.extend(self.record_bookkeeping(std::mem::take(&mut bookkeeping))?);
+                }
+                continue;
+            }
+            results.extend(self.record_bookkeeping(std::mem::take(&mut bookkeeping))?);
             results.push(self.simple(action).await?);
         }
+        results.extend(self.record_bookkeeping(bookkeeping)?);
         Ok(results)
     }
 
@@ -576,7 +619,10 @@ impl Execution<'_> {
             self.engine.client(&self.job.source),
             image,
             targets,
-            &self.engine.settings,
+            &transfer::Settings {
+                bandwidth: self.engine.bandwidth.for_job(&self.job.name),
+                ..self.engine.settings.clone()
+            },
             &bar,
             self.cancel,
         )
@@ -837,8 +883,53 @@ impl Execution<'_> {
                 )?;
             }
         }
+        self.log_outcome(&action, error.as_deref(), seconds);
+        Ok(ActionResult {
+            action,
+            error,
+            failure: None,
+            seconds,
+        })
+    }
+
+    /// Actions that call no cloud (in sync, skipped): recorded in one transaction, so that the
+    /// first run over a large cloud in sync costs one fsync per batch instead of one per image.
+    fn record_bookkeeping(&self, actions: Vec<Action>) -> Result<Vec<ActionResult>, StateError> {
+        if actions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = actions.iter().filter_map(|a| {
+            let source = self.source(&a.source_id)?;
+            let outcome = match &a.kind {
+                ActionKind::InSync { target_id, foreign } => Outcome::InSync {
+                    target_id,
+                    foreign: *foreign,
+                    bytes: source.size.unwrap_or(0),
+                },
+                ActionKind::Skip { reason } => Outcome::Skipped { reason },
+                other => unreachable!("not bookkeeping: {other:?}"),
+            };
+            Some((source, a.target.as_str(), outcome))
+        });
+        self.state
+            .record_outcomes(&self.job.name, &self.job.source, rows)?;
+        Ok(actions
+            .into_iter()
+            .map(|action| {
+                self.log_outcome(&action, None, 0.0);
+                ActionResult {
+                    action,
+                    error: None,
+                    failure: None,
+                    seconds: 0.0,
+                }
+            })
+            .collect())
+    }
+
+    fn log_outcome(&self, action: &Action, error: Option<&str>, seconds: f64) {
         let name = action.name.clone().unwrap_or_default();
-        match &error {
+        match error {
             Some(e) => tracing::error!(
                 job = %self.job.name, image = %name, source_id = %action.source_id,
                 target = %action.target, result = "failed",
@@ -857,12 +948,6 @@ impl Execution<'_> {
                 "'{name}' on {}: {}", action.target, action.describe()
             ),
         }
-        Ok(ActionResult {
-            action,
-            error,
-            failure: None,
-            seconds,
-        })
     }
 }
 

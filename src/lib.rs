@@ -6,6 +6,7 @@
 //! See ARCHITECTURE.md for the codemap and the invariants.
 
 pub mod auth;
+pub mod bandwidth;
 pub mod config;
 pub mod daemon;
 pub mod engine;

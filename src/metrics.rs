@@ -50,6 +50,7 @@ pub struct Metrics {
     runs_skipped: IntCounterVec,
     unadopted: IntGaugeVec,
     job_interval: GaugeVec,
+    bandwidth_limit: GaugeVec,
     api_requests: IntCounterVec,
     api_duration: HistogramVec,
 }
@@ -135,6 +136,13 @@ impl Metrics {
                     1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
                     14400.0,
                 ],
+            ),
+            bandwidth_limit: gauge(
+                &r,
+                "glance_sync_bandwidth_limit_bytes_per_second",
+                "The source download limit in force (max_bandwidth), 0 for none; job=\"\" is \
+                 the whole process's",
+                &["job"],
             ),
             last_run: gauge(
                 &r,
@@ -251,6 +259,13 @@ impl Metrics {
                     .with_label_values(&[job, t, reason.as_str()]);
             }
         }
+    }
+
+    /// The bandwidth limit now in force for `job` ("" for the process); `None` is no limit.
+    pub fn set_bandwidth_limit(&self, job: &str, rate: Option<u64>) {
+        self.bandwidth_limit
+            .with_label_values(&[job])
+            .set(rate.unwrap_or(0) as f64);
     }
 
     /// Images with our marker on `target` that the ledger does not know, as `job`'s run saw them.

@@ -1253,6 +1253,7 @@ mod tests {
             filter: Filter::everything(),
             schedule: None,
             run_on_start: true,
+            max_bandwidth: crate::bandwidth::Limit::NONE,
             prune: Default::default(),
             policies: Default::default(),
         }

@@ -133,12 +133,15 @@ impl ProgressSink for () {
     fn advance(&self, _: u64) {}
 }
 
+#[derive(Clone)]
 pub struct Settings {
     pub stall_timeout: Duration,
     /// Nice value of the hashing threads (`[transfer] hashing_nice`).
     pub hashing_nice: i32,
     /// Which digests to compute (`[transfer] verify_digests`).
     pub verify_digests: crate::config::VerifyDigests,
+    /// The limits the source download is paced by (the process's and the job's).
+    pub bandwidth: crate::bandwidth::Limiters,
 }
 
 /// Copies `image` from `source` to every target, reading the source once.
@@ -504,6 +507,12 @@ async fn pump(
                             image.id
                         ),
                     ));
+                }
+                // Paced before the chunk goes anywhere: every target gets the same bytes at the
+                // same rate. A shutdown does not wait for the pause.
+                tokio::select! {
+                    _ = cancel.cancelled() => {}
+                    _ = settings.bandwidth.take(chunk.len() as u64) => {}
                 }
                 progress.advance(chunk.len() as u64);
                 hasher.feed(chunk.clone()).await;

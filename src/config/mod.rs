@@ -11,6 +11,7 @@ mod policy;
 pub use policy::{Globs, MetadataRules, OwnerRule, PreserveIds, ProjectMap, TargetPolicy};
 use policy::{KeyPath, PathPart, key};
 
+use jiff::tz::TimeZone;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -81,6 +82,8 @@ pub struct TransferSettings {
     pub hashing_nice: i32,
     /// Which of the source's digests a copy computes and checks.
     pub verify_digests: VerifyDigests,
+    /// The limit on all source downloads of the process together.
+    pub max_bandwidth: crate::bandwidth::Limit,
 }
 
 /// `[transfer] verify_digests`: which digests a copy computes while the bytes stream.
@@ -268,6 +271,8 @@ pub struct Job {
     pub prune: PrunePolicy,
     /// Whether the daemon runs the job as soon as it starts, before the first scheduled time.
     pub run_on_start: bool,
+    /// The limit on this job's source downloads together (beside the process's).
+    pub max_bandwidth: crate::bandwidth::Limit,
 }
 
 impl Job {
@@ -435,6 +440,7 @@ struct TransferSection {
     retry_max_delay: Option<jiff::SignedDuration>,
     hashing_nice: Option<i32>,
     verify_digests: Option<VerifyDigests>,
+    max_bandwidth: Option<toml::Value>,
 }
 
 /// The keys of a clouds.yaml cloud entry that glance-sync understands, plus `cloud` to refer to one.
@@ -568,6 +574,7 @@ struct JobEntry {
     prune: Option<String>,
     prune_protected: Option<bool>,
     max_deletes: Option<usize>,
+    max_bandwidth: Option<toml::Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -699,6 +706,11 @@ impl Config {
                 .transfer
                 .verify_digests
                 .unwrap_or(VerifyDigests::Strongest),
+            max_bandwidth: match &file.transfer.max_bandwidth {
+                None => crate::bandwidth::Limit::NONE,
+                Some(v) => bandwidth_limit(v, TimeZone::system())
+                    .map_err(|e| invalid(format!("[transfer] max_bandwidth: {e}")))?,
+            },
         };
         if !(0..=19).contains(&transfer.hashing_nice) {
             return Err(invalid(format!(
@@ -925,12 +937,23 @@ fn validate_job(
                 "set schedule or interval, not both".into(),
             ));
         }
-        (None, _, Some(_)) => {
+        (None, _, Some(_))
+            if !job
+                .max_bandwidth
+                .as_ref()
+                .is_some_and(toml::Value::is_table) =>
+        {
             return Err(err(
                 &["timezone"],
-                "timezone applies to schedule, which is not set".into(),
+                "timezone applies to schedule and to a max_bandwidth timetable, neither of \
+                 which is set"
+                    .into(),
             ));
         }
+        (None, Some(d), _) => Some(Schedule::Interval(
+            positive_duration(Some(*d), 0, "interval").map_err(|e| err(&["interval"], e))?,
+        )),
+        (None, None, _) => None,
         (Some(expr), None, tz) => {
             let k = if e_is_tz(expr, tz.as_deref()) {
                 "timezone"
@@ -939,10 +962,23 @@ fn validate_job(
             };
             Some(Schedule::cron(expr, tz.as_deref()).map_err(|e| err(&[k], e.to_string()))?)
         }
-        (None, Some(d), None) => Some(Schedule::Interval(
-            positive_duration(Some(*d), 0, "interval").map_err(|e| err(&["interval"], e))?,
-        )),
-        (None, None, None) => None,
+    };
+    let max_bandwidth = match &job.max_bandwidth {
+        None => crate::bandwidth::Limit::NONE,
+        Some(v) => {
+            let timezone = match &job.timezone {
+                // Already checked with the schedule.
+                Some(name) => TimeZone::get(name).map_err(|e| {
+                    err(
+                        &["timezone"],
+                        format!("timezone \"{name}\" is not a known IANA time zone: {e}"),
+                    )
+                })?,
+                None => TimeZone::system(),
+            };
+            bandwidth_limit(v, timezone)
+                .map_err(|e| err(&["max_bandwidth"], format!("max_bandwidth: {e}")))?
+        }
     };
     let size = |v: &Option<toml::Value>, name: &str| -> Result<Option<u64>, policy::Invalid> {
         v.as_ref()
@@ -954,6 +990,7 @@ fn validate_job(
     };
     Ok(Job {
         schedule,
+        max_bandwidth,
         run_on_start: job.run_on_start.unwrap_or(true),
         prune: PrunePolicy {
             mode: match job.prune.as_deref() {
@@ -1010,6 +1047,28 @@ fn validate_job(
 }
 
 /// Whether a cron schedule fails because of its time zone rather than its expression.
+/// `max_bandwidth`: a rate string, or a table of "HH:MM" = rate (a daily timetable).
+fn bandwidth_limit(v: &toml::Value, timezone: TimeZone) -> Result<crate::bandwidth::Limit, String> {
+    match v {
+        toml::Value::String(rate) => {
+            crate::bandwidth::parse_rate(rate).map(crate::bandwidth::Limit::Fixed)
+        }
+        toml::Value::Table(t) => {
+            let entries = t
+                .iter()
+                .map(|(at, rate)| match rate {
+                    toml::Value::String(r) => Ok((at.clone(), r.clone())),
+                    _ => Err(format!("\"{at}\" = {rate}: the rate must be a string such as \"20MiB/s\" or \"off\"")),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            crate::bandwidth::parse_timetable(&entries, timezone)
+        }
+        other => Err(format!(
+            "{other} is neither a rate (\"100MiB/s\") nor a timetable ({{ \"08:00\" = \"20MiB/s\", \"20:00\" = \"off\" }})"
+        )),
+    }
+}
+
 fn e_is_tz(expr: &str, tz: Option<&str>) -> bool {
     Schedule::cron(expr, None).is_ok() && tz.is_some()
 }
@@ -1280,6 +1339,52 @@ visibility = ["public", "community"]
         let err = parse(&with("20")).unwrap_err().to_string();
         assert!(err.contains("hashing_nice is 20"), "{err}");
         assert!(parse(&with("-5")).is_err());
+    }
+
+    #[test]
+    fn max_bandwidth_is_a_rate_or_a_timetable_for_the_process_and_per_job() {
+        use crate::bandwidth::Limit;
+        let cfg = parse(&format!("[transfer]\nmax_bandwidth = \"100MiB/s\"\n{BASE}")).unwrap();
+        assert_eq!(cfg.transfer.max_bandwidth, Limit::Fixed(Some(100 << 20)));
+        assert_eq!(cfg.jobs[0].max_bandwidth, Limit::NONE);
+        let job = |extra: &str| {
+            BASE.replace(
+                "targets = [\"lab\"]\n",
+                &format!("targets = [\"lab\"]\n{extra}\n"),
+            )
+        };
+        let cfg = parse(&job(
+            "timezone = \"Europe/Paris\"\nmax_bandwidth = { \"08:00\" = \"20MiB/s\", \"20:00\" = \"off\" }",
+        ))
+        .unwrap();
+        let Limit::Timetable { entries, timezone } = &cfg.jobs[0].max_bandwidth else {
+            panic!("{:?}", cfg.jobs[0].max_bandwidth)
+        };
+        assert_eq!(entries.len(), 2);
+        assert_eq!(timezone.iana_name(), Some("Europe/Paris"));
+        for (bad, says) in [
+            ("max_bandwidth = \"fast\"", "is not a rate"),
+            (
+                "max_bandwidth = { \"8am\" = \"off\" }",
+                "is not a time of day",
+            ),
+            (
+                "max_bandwidth = { \"08:00\" = 5 }",
+                "the rate must be a string",
+            ),
+            ("max_bandwidth = 5", "neither a rate"),
+            (
+                "timezone = \"UTC\"",
+                "timezone applies to schedule and to a max_bandwidth",
+            ),
+        ] {
+            let err = parse(&job(bad)).unwrap_err().to_string();
+            assert!(err.contains(says), "{bad}: {err}");
+        }
+        let err = parse(&format!("[transfer]\nmax_bandwidth = \"1 GB\"\n{BASE}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("[transfer] max_bandwidth"), "{err}");
     }
 
     #[test]

@@ -281,6 +281,7 @@ impl FakeGlance {
             addr: addr.to_string(),
             inner: Mutex::new(Inner::default()),
             bytes_served: AtomicU64::new(0),
+            bytes_received: AtomicU64::new(0),
         });
         let app = router(state.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -454,6 +455,11 @@ impl FakeGlance {
         self.state.bytes_served.load(Ordering::Relaxed)
     }
 
+    /// Image data bytes read from PUT /file request bodies so far.
+    pub fn bytes_received(&self) -> u64 {
+        self.state.bytes_received.load(Ordering::Relaxed)
+    }
+
     /// Stored bytes of an image with data; None for synthetic, discarded or absent data.
     pub fn image_data(&self, id: &str) -> Option<Bytes> {
         match self.state.lock().images.get(id)?.data.as_ref()? {
@@ -600,6 +606,7 @@ struct Shared {
     addr: String,
     inner: Mutex<Inner>,
     bytes_served: AtomicU64,
+    bytes_received: AtomicU64,
 }
 
 impl Shared {
@@ -2877,6 +2884,8 @@ async fn upload(
                 "The server has either erred or is incapable of performing the requested operation.",
             )
         })?;
+        s.bytes_received
+            .fetch_add(chunk.len() as u64, Ordering::Relaxed);
         let chunk = if count == 0 && !chunk.is_empty() && s.lock().faults.corrupt_uploads {
             let mut m = BytesMut::from(&chunk[..]);
             m[0] ^= 0xFF;
