@@ -974,7 +974,8 @@ fn validate_job(
                         format!("timezone \"{name}\" is not a known IANA time zone: {e}"),
                     )
                 })?,
-                None => TimeZone::system(),
+                // As for the job's schedule.
+                None => TimeZone::UTC,
             };
             bandwidth_limit(v, timezone)
                 .map_err(|e| err(&["max_bandwidth"], format!("max_bandwidth: {e}")))?
