@@ -629,3 +629,69 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// `max_bandwidth` paces a copy, the gauge shows the limit in force, and SIGHUP lifts it for the
+/// copy in flight: it speeds up and finishes without being started again.
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_changes_the_bandwidth_limit_of_a_copy_in_flight() {
+    let size: u64 = 24 << 20;
+    let source = FakeGlance::start().await;
+    source.add_image(ImageSpec::new("paced", ImageData::synthetic(size, 5)));
+    let target = FakeGlance::start().await;
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = |limit: &str| {
+        write_config(
+            dir.path(),
+            &[("prod", &source.url), ("dr", &target.url)],
+            "prod",
+            &["dr"],
+            &daemon_extra(
+                "interval = \"1h\"",
+                port,
+                // Hashing at normal priority: on a busy machine, hashing at nice 19 could pace
+                // the copy instead of the limit.
+                &format!("[transfer]\nmax_bandwidth = \"{limit}\"\nhashing_nice = 0\n"),
+            ),
+        )
+    };
+    let cfg = config("2MiB/s");
+    let d = DaemonProc::start(&cfg, port).await;
+    d.wait_for(Duration::from_secs(20), "the copy to start", || async {
+        source.bytes_served() > 0
+    })
+    .await;
+    assert_eq!(
+        d.metric(
+            "glance_sync_bandwidth_limit_bytes_per_second",
+            &[("job", "")]
+        )
+        .await,
+        Some(2.0 * 1024.0 * 1024.0)
+    );
+    // Paced: after 2 s, far from the 24 MiB a loopback copy moves in well under a second.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let paced = source.bytes_served();
+    assert!(paced < 12 << 20, "{paced} bytes read in 2 s at 2 MiB/s");
+
+    config("off");
+    d.signal(libc::SIGHUP);
+    // At 2 MiB/s the rest would take ~10 s more.
+    d.wait_for(Duration::from_secs(5), "the rest read unpaced", || async {
+        source.bytes_served() >= size
+    })
+    .await;
+    d.wait_for(Duration::from_secs(60), "the copy to be active", || async {
+        target.images().iter().any(|i| i["status"] == "active")
+    })
+    .await;
+    assert_eq!(source.bytes_served(), size, "read once: not restarted");
+    assert_eq!(
+        d.metric(
+            "glance_sync_bandwidth_limit_bytes_per_second",
+            &[("job", "")]
+        )
+        .await,
+        Some(0.0)
+    );
+}
