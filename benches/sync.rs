@@ -607,6 +607,40 @@ fn hash_two_threads(data: &Arc<Vec<u8>>) -> HashRun {
     }
 }
 
+/// (1c) One core's rate (MB per CPU-second) of each SHA-2 implementation at hand, per algorithm:
+/// RustCrypto `sha2` and `aws-lc-rs` (built anyway for rustls). `ring` is not in this build's
+/// tree (rustls uses aws-lc-rs); measured once by hand it was no faster than either.
+fn sha2_candidates(data: &[u8]) -> Vec<(&'static str, &'static str, f64)> {
+    fn rate(data: &[u8], hash: impl FnOnce(&[u8])) -> f64 {
+        let c0 = thread_cpu();
+        hash(data);
+        mbps(data.len() as u64, thread_cpu() - c0)
+    }
+    fn rust_crypto<D: Digest>(data: &[u8]) {
+        let mut h = D::new();
+        for c in data.chunks(MIB as usize) {
+            h.update(c);
+        }
+        std::hint::black_box(h.finalize());
+    }
+    fn aws_lc(algo: &'static aws_lc_rs::digest::Algorithm, data: &[u8]) {
+        let mut h = aws_lc_rs::digest::Context::new(algo);
+        for c in data.chunks(MIB as usize) {
+            h.update(c);
+        }
+        std::hint::black_box(h.finish());
+    }
+    use aws_lc_rs::digest::{SHA256, SHA384, SHA512};
+    vec![
+        ("sha512", "sha2", rate(data, rust_crypto::<Sha512>)),
+        ("sha512", "aws-lc-rs", rate(data, |d| aws_lc(&SHA512, d))),
+        ("sha384", "sha2", rate(data, rust_crypto::<sha2::Sha384>)),
+        ("sha384", "aws-lc-rs", rate(data, |d| aws_lc(&SHA384, d))),
+        ("sha256", "sha2", rate(data, rust_crypto::<sha2::Sha256>)),
+        ("sha256", "aws-lc-rs", rate(data, |d| aws_lc(&SHA256, d))),
+    ]
+}
+
 // ---------------------------------------------------------------------------------------------
 // (3) the openstacksdk peer
 // ---------------------------------------------------------------------------------------------
@@ -1063,6 +1097,8 @@ fn main() {
         let (mut both, mut md5s, mut shas) = (vec![], vec![], vec![]);
         let (mut gs, mut gs_cpu, mut gs_rss, mut fake_cpu) = (vec![], vec![], vec![], vec![]);
         let mut gs_logged = vec![];
+        let mut candidates: std::collections::BTreeMap<(&str, &str), Vec<f64>> =
+            std::collections::BTreeMap::new();
         let mut peer_variant: [Vec<f64>; PEER_VARIANTS.len()] = Default::default();
         let mut peer_variant_rss: [Vec<f64>; PEER_VARIANTS.len()] = Default::default();
         let mut peer_variant_cpu: [Vec<f64>; PEER_VARIANTS.len()] = Default::default();
@@ -1071,6 +1107,12 @@ fn main() {
         let gb = size as f64 / 1e9;
         for i in 0..args.reps {
             if let Some(d) = &hash_data {
+                for (algo, implementation, rate) in sha2_candidates(d) {
+                    candidates
+                        .entry((algo, implementation))
+                        .or_default()
+                        .push(rate);
+                }
                 let h = hash_two_threads(d);
                 both.push(h.both);
                 md5s.push(h.md5_cpu);
@@ -1171,6 +1213,27 @@ fn main() {
                     args.hash_mib
                 ),
             );
+            let mut algos: Vec<&str> = candidates.keys().map(|(a, _)| *a).collect();
+            algos.dedup();
+            for algo in algos {
+                let mut line: Vec<(&str, f64)> = candidates
+                    .iter()
+                    .filter(|((a, _), _)| *a == algo)
+                    .map(|((_, i), rates)| (*i, median(rates)))
+                    .collect();
+                line.sort_by(|a, b| b.1.total_cmp(&a.1));
+                rep.row(
+                    "1c",
+                    &format!("{algo}, one core, per implementation"),
+                    format!("{} {:.0} MB/s", line[0].0, line[0].1),
+                    line.iter()
+                        .map(|(i, r)| format!("{i} {r:.0}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                        + " MB/s per CPU-second (fastest first); glance-sync uses aws-lc-rs \
+                           for sha512 and sha384, sha2 for sha256",
+                );
+            }
         }
         if !gs.is_empty() {
             let (lo, hi) = range(&gs);
