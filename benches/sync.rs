@@ -1061,6 +1061,8 @@ fn main() {
     // hits all three alike and their ratios stay meaningful.
     let mut hash_limit = None;
     let mut hash_cpu_per_gb: Option<f64> = None;
+    let mut sha512_chosen: Option<f64> = None;
+    let mut copy_cpu_per_gb: Option<f64> = None;
     let mut paired_hash_ratio = None;
     let mut paired_peer_ratio = None;
     let mut paired_guide_ratio = None;
@@ -1200,16 +1202,21 @@ fn main() {
         if !both.is_empty() {
             let (lo, hi) = range(&both);
             hash_limit = Some(median(&both));
-            hash_cpu_per_gb = Some(1000.0 / median(&md5s) + 1000.0 / median(&shas));
+            // What the copy itself hashes (verify_digests = strongest): SHA-512 alone, with the
+            // implementation glance-sync uses.
+            hash_cpu_per_gb = candidates
+                .get(&("sha512", "aws-lc-rs"))
+                .map(|r| 1000.0 / median(r));
+            sha512_chosen = candidates.get(&("sha512", "aws-lc-rs")).map(|r| median(r));
             rep.row(
                 "1",
                 "hash limit: MD5 ‖ SHA-512, two threads",
                 format!("{:.0} MB/s", median(&both)),
                 format!(
-                    "range {lo:.0}–{hi:.0}; per CPU-second MD5 {:.0}, SHA-512 {:.0} MB/s, i.e. both cost {:.2} CPU-s/GB; {} MiB in memory",
+                    "range {lo:.0}–{hi:.0}; per CPU-second MD5 {:.0}, SHA-512 (sha2) {:.0} MB/s, i.e. both cost {:.2} CPU-s/GB; {} MiB in memory",
                     median(&md5s),
                     median(&shas),
-                    hash_cpu_per_gb.unwrap(),
+                    1000.0 / median(&md5s) + 1000.0 / median(&shas),
                     args.hash_mib
                 ),
             );
@@ -1238,6 +1245,7 @@ fn main() {
         if !gs.is_empty() {
             let (lo, hi) = range(&gs);
             copy_mbps = Some(median(&gs));
+            copy_cpu_per_gb = Some(median(&gs_cpu));
             copy_rss = Some(range(&gs_rss).1);
             rep.row(
                 "2",
@@ -1252,7 +1260,7 @@ fn main() {
                     },
                     median(&gs_cpu),
                     hash_cpu_per_gb.map_or(String::new(), |h| format!(
-                        " ({:.0}% of it hashing)",
+                        " ({:.0}% of it hashing SHA-512)",
                         100.0 * h / median(&gs_cpu)
                     )),
                     range(&gs_rss).1,
@@ -1793,12 +1801,26 @@ fn main() {
     // ratio of the medians is shown beside it.
     if let (Some(c), Some(h), Some(r)) = (copy_mbps, hash_limit, paired_hash_ratio) {
         rep.target(
-            "(2) ≥ 0.8 × (1)",
+            "(2) against (1), MD5 ‖ SHA-512 (shown only: the copy no longer hashes MD5)",
             format!(
                 "{r:.2} × (median of per-rep ratios; medians {c:.0} / {h:.0} = {:.2})",
                 c / h
             ),
-            meaningful(r >= 0.8),
+            None,
+        );
+    }
+    if let (Some(c), Some(sha)) = (copy_mbps, sha512_chosen) {
+        rep.target(
+            "(2) ≥ 0.85 × one core's SHA-512 (1c, the implementation used)",
+            format!("{:.2} × ({c:.0} / {sha:.0})", c / sha),
+            meaningful(c / sha >= 0.85),
+        );
+    }
+    if let Some(cpu) = copy_cpu_per_gb {
+        rep.target(
+            "(2) ≤ 1.6 CPU-s/GB",
+            format!("{cpu:.2} CPU-s/GB"),
+            meaningful(cpu <= 1.6),
         );
     }
     if let (Some(c), Some(p), Some(r)) = (copy_mbps, peer_mbps_med, paired_peer_ratio) {
