@@ -1691,11 +1691,12 @@ fn main() {
                 let (t1, b1) = w[5];
                 (b1 - b0) as f64 / (t1 - t0).as_secs_f64() > 1.5 * (rate_mib * MIB) as f64
             });
+            // Judged at the end of that window: the change happened by then.
             changed.map(|w| {
-                let delay = if w[0].0 >= boundary_at {
-                    w[0].0.duration_since(boundary_at).as_secs_f64()
+                let delay = if w[5].0 >= boundary_at {
+                    w[5].0.duration_since(boundary_at).as_secs_f64()
                 } else {
-                    -boundary_at.duration_since(w[0].0).as_secs_f64()
+                    -boundary_at.duration_since(w[5].0).as_secs_f64()
                 };
                 rep.row(
                     "9b",
@@ -1705,7 +1706,8 @@ fn main() {
                         fmt(at)
                     ),
                     format!("{delay:+.2} s"),
-                    "when the target's pace first exceeded 1.5 × the old limit, from the boundary"
+                    "end of the first 0.25 s window in which the target's pace exceeded 1.5 × the \
+                     old limit, from the boundary"
                         .into(),
                 );
                 delay
@@ -1888,7 +1890,8 @@ fn main() {
             rep.target(
                 "(9b) a timetable boundary takes effect within 1 s",
                 boundary.map_or("no change seen".into(), |d| format!("{d:+.2} s")),
-                Some(boundary.is_some_and(|d| d.abs() <= 1.0)),
+                // Never before the boundary (50 ms for the two clocks and the sampling step).
+                Some(boundary.is_some_and(|d| (-0.05..=1.0).contains(&d))),
             );
         }
     }

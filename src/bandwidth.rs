@@ -6,9 +6,10 @@
 //! falls behind another.
 //!
 //! A [`Limiter`] outlives configurations: the daemon keeps one per scope and gives it the new
-//! [`Limit`] on SIGHUP, so transfers in flight slow down or speed up at their next chunk instead
-//! of being restarted. The rate in force is looked up at every chunk, which is how a timetable
-//! boundary takes effect within one chunk's time (a few ms at any useful rate).
+//! [`Limit`] on SIGHUP, so transfers in flight slow down or speed up instead of being restarted.
+//! The rate in force is looked up at every chunk and again at least every [`RECHECK`] while a
+//! chunk waits, which is how a new limit or a timetable boundary takes effect within that time
+//! even at the slowest rates.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -66,6 +67,12 @@ struct Pacing {
     next_free: Instant,
 }
 
+/// How often a waiting chunk looks at the rate in force again.
+pub const RECHECK: Duration = Duration::from_millis(100);
+
+/// The lowest rate accepted: below it one chunk would wait for minutes.
+const MIN_RATE: u64 = 1024;
+
 /// The most a pause may carry over from an idle period: without it, a limiter idle for an hour
 /// would let the next hour's worth of bytes through at full speed.
 const MAX_BURST: Duration = Duration::from_millis(250);
@@ -113,11 +120,23 @@ impl Limiter {
         p.next_free.saturating_duration_since(now)
     }
 
-    /// Waits until `bytes` more may pass.
+    /// Waits until `bytes` more may pass. When the rate in force changes during the wait (a
+    /// reload, a timetable boundary), the rest of the wait is dropped and pacing starts afresh at
+    /// the new rate.
     pub async fn take(&self, bytes: u64) {
-        let wait = self.reserve(bytes);
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
+        let (mut wait, rate) = {
+            let wait = self.reserve(bytes);
+            (wait, self.inner.lock().expect("limiter lock").rate)
+        };
+        while !wait.is_zero() {
+            let step = wait.min(RECHECK);
+            tokio::time::sleep(step).await;
+            wait -= step;
+            let mut p = self.inner.lock().expect("limiter lock");
+            if self.refresh(&mut p) != rate {
+                p.next_free = Instant::now();
+                return;
+            }
         }
     }
 }
@@ -134,8 +153,12 @@ impl Limiters {
     }
 }
 
-/// Told the rate in force of a scope ("" for the process) whenever it changes.
+/// Told the rate in force of a scope ("" for the process) whenever it changes, and [`GONE`]
+/// when the scope no longer exists.
 type Report = Arc<dyn Fn(&str, Rate) + Send + Sync>;
+
+/// Reported for a job removed from the configuration: its gauge goes.
+pub const GONE: Rate = Some(0);
 
 /// The limiters of one process: the process's own and one per job, kept across reloads.
 pub struct Registry {
@@ -156,10 +179,20 @@ impl Registry {
         }
     }
 
-    /// Gives every scope its limit from a (re)loaded configuration.
+    /// Gives every scope its limit from a (re)loaded configuration. A job no longer configured
+    /// loses its limiter (a run of it still in flight keeps pacing with the one it holds) and its
+    /// gauge.
     pub fn configure<'a>(&self, process: Limit, jobs: impl IntoIterator<Item = (&'a str, Limit)>) {
         self.process.set(process);
+        let jobs: Vec<(&str, Limit)> = jobs.into_iter().collect();
         let mut known = self.jobs.lock().expect("limiters lock");
+        known.retain(|name, _| {
+            let keep = jobs.iter().any(|(j, _)| j == name);
+            if !keep {
+                (self.report)(name, GONE);
+            }
+            keep
+        });
         for (job, limit) in jobs {
             match known.get(job) {
                 Some(l) => l.set(limit),
@@ -172,6 +205,18 @@ impl Registry {
                     );
                 }
             }
+        }
+    }
+
+    /// Looks at every scope's rate in force again, so that the gauges are current at a
+    /// timetable boundary even when nothing is copied.
+    pub fn refresh(&self) {
+        let limiters: Vec<Arc<Limiter>> = std::iter::once(self.process.clone())
+            .chain(self.jobs.lock().expect("limiters lock").values().cloned())
+            .collect();
+        for l in limiters {
+            let mut p = l.inner.lock().expect("limiter lock");
+            l.refresh(&mut p);
         }
     }
 
@@ -214,10 +259,9 @@ pub fn parse_rate(s: &str) -> Result<Rate, String> {
         _ => return Err(bad()),
     };
     let rate = (number * factor).round();
-    // NaN cannot come from the parse above; anything below 1 B/s is a mistake.
-    if rate.is_nan() || rate < 1.0 {
+    if rate.is_nan() || rate < MIN_RATE as f64 {
         return Err(format!(
-            "\"{s}\" is below one byte per second: say \"off\" for no limit"
+            "\"{s}\" is below the lowest limit, 1KiB/s: say \"off\" for no limit"
         ));
     }
     Ok(Some(rate as u64))
@@ -235,6 +279,12 @@ pub fn parse_timetable(entries: &[(String, String)], timezone: TimeZone) -> Resu
         parsed.push((time, parse_rate(rate)?));
     }
     parsed.sort_by_key(|(t, _)| *t);
+    if let Some(w) = parsed.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(format!(
+            "the timetable names {} twice",
+            w[0].0.strftime("%H:%M")
+        ));
+    }
     Ok(Limit::Timetable {
         entries: parsed,
         timezone,
@@ -252,7 +302,12 @@ mod tests {
         assert_eq!(parse_rate("800Mbit/s"), Ok(Some(100_000_000)));
         assert_eq!(parse_rate("off"), Ok(None));
         assert!(parse_rate("100MiB").unwrap_err().contains("not a rate"));
-        assert!(parse_rate("0MB/s").unwrap_err().contains("below one byte"));
+        assert!(
+            parse_rate("0MB/s")
+                .unwrap_err()
+                .contains("below the lowest")
+        );
+        assert!(parse_rate("1B/s").unwrap_err().contains("below the lowest"));
     }
 
     #[test]
@@ -285,8 +340,7 @@ mod tests {
         let l = Limiter::new(Limit::Fixed(Some(1_000_000)), move |r| {
             log.lock().unwrap().push(r)
         });
-        // 10 chunks of 100 kB at 1 MB/s: the last one may pass after ~0.9 s (the first is free
-        // within the burst allowance).
+        // 10 chunks of 100 kB at 1 MB/s: the last one may pass after ~1 s.
         let mut wait = Duration::ZERO;
         for _ in 0..10 {
             wait = l.reserve(100_000);

@@ -115,8 +115,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let http_stop = CancellationToken::new();
     let http = tokio::spawn(serve_http(
         listener,
-        metrics.clone(),
-        ready.clone(),
+        (metrics.clone(), ready.clone(), shared.bandwidth.clone()),
         http_stop.clone(),
     ));
     let mut generation = start_generation(config, &shared)?;
@@ -334,17 +333,12 @@ async fn job_loop(
     }
 }
 
-async fn serve_http(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
-    ready: Arc<AtomicBool>,
-    stop: CancellationToken,
-) {
+async fn serve_http(listener: tokio::net::TcpListener, state: HttpState, stop: CancellationToken) {
     let app = axum::Router::new()
         .route("/metrics", get(metrics_page))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state((metrics, ready));
+        .with_state(state);
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(async move { stop.cancelled().await })
         .await;
@@ -353,9 +347,17 @@ async fn serve_http(
     }
 }
 
-type HttpState = (Arc<Metrics>, Arc<AtomicBool>);
+type HttpState = (
+    Arc<Metrics>,
+    Arc<AtomicBool>,
+    Arc<crate::bandwidth::Registry>,
+);
 
-async fn metrics_page(AxumState((metrics, _)): AxumState<HttpState>) -> impl IntoResponse {
+async fn metrics_page(
+    AxumState((metrics, _, bandwidth)): AxumState<HttpState>,
+) -> impl IntoResponse {
+    // The limit in force changes at timetable boundaries whether or not anything is copied.
+    bandwidth.refresh();
     (
         [(
             header::CONTENT_TYPE,
@@ -365,7 +367,7 @@ async fn metrics_page(AxumState((metrics, _)): AxumState<HttpState>) -> impl Int
     )
 }
 
-async fn readyz(AxumState((_, ready)): AxumState<HttpState>) -> impl IntoResponse {
+async fn readyz(AxumState((_, ready, _)): AxumState<HttpState>) -> impl IntoResponse {
     if ready.load(Ordering::SeqCst) {
         (StatusCode::OK, "ready\n")
     } else {

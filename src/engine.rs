@@ -114,13 +114,6 @@ impl Engine {
         metrics: Arc<Metrics>,
         bandwidth: Arc<bandwidth::Registry>,
     ) -> Result<Engine, AuthError> {
-        bandwidth.configure(
-            config.transfer.max_bandwidth.clone(),
-            config
-                .jobs
-                .iter()
-                .map(|j| (j.name.as_str(), j.max_bandwidth.clone())),
-        );
         let mut clients = BTreeMap::new();
         for (name, cloud) in &config.clouds {
             metrics.register_cloud(name);
@@ -130,6 +123,14 @@ impl Engine {
         for job in &config.jobs {
             metrics.register_job(job);
         }
+        // Last: a configuration refused above (a reload) must not change the limits in force.
+        bandwidth.configure(
+            config.transfer.max_bandwidth.clone(),
+            config
+                .jobs
+                .iter()
+                .map(|j| (j.name.as_str(), j.max_bandwidth.clone())),
+        );
         Ok(Engine {
             metrics,
             bandwidth,
@@ -911,6 +912,8 @@ impl Execution<'_> {
             };
             Some((source, a.target.as_str(), outcome))
         });
+        // Built before the state lock is taken: nothing evaluated under it can panic.
+        let rows: Vec<_> = rows.collect();
         self.state
             .record_outcomes(&self.job.name, &self.job.source, rows)?;
         Ok(actions

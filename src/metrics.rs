@@ -261,11 +261,18 @@ impl Metrics {
         }
     }
 
-    /// The bandwidth limit now in force for `job` ("" for the process); `None` is no limit.
+    /// The bandwidth limit now in force for `job` ("" for the process); `None` is no limit,
+    /// `Some(0)` a job that no longer exists (its series goes).
     pub fn set_bandwidth_limit(&self, job: &str, rate: Option<u64>) {
-        self.bandwidth_limit
-            .with_label_values(&[job])
-            .set(rate.unwrap_or(0) as f64);
+        match rate {
+            Some(0) => {
+                let _ = self.bandwidth_limit.remove_label_values(&[job]);
+            }
+            rate => self
+                .bandwidth_limit
+                .with_label_values(&[job])
+                .set(rate.unwrap_or(0) as f64),
+        }
     }
 
     /// Images with our marker on `target` that the ledger does not know, as `job`'s run saw them.

@@ -593,8 +593,12 @@ async fn check_copy(t: &CopyTarget, digests: &Proven) -> Result<(), TransferErro
         .await
         .map_err(|e| TransferError::new(FailureReason::Verification, e))?;
     verify::check_copy(digests, &copy).map_err(|e| {
+        let reason = match e {
+            verify::VerifyError::SourceRecordDisagrees { .. } => FailureReason::SourceCorrupt,
+            _ => FailureReason::Verification,
+        };
         TransferError::new(
-            FailureReason::Verification,
+            reason,
             format!(
                 "cloud '{cloud}': copy {} failed verification: {e}",
                 t.target_id

@@ -60,6 +60,17 @@ pub enum VerifyError {
         "{what} has no digest we can compare (checksum or os_hash_value with algorithm {algo})"
     )]
     Unverifiable { what: String, algo: String },
+    #[error(
+        "the copy's {field} is {got:?}, computed by its server over the bytes that matched the \
+         source's own digest, but the source image records {field} {recorded}: the source's \
+         recorded digests disagree with each other. Fix the source image, or set [transfer] \
+         verify_digests = \"all\" to refuse such images before anything is uploaded"
+    )]
+    SourceRecordDisagrees {
+        field: &'static str,
+        recorded: String,
+        got: Option<String>,
+    },
     #[error("the copy's status is '{status}' after upload, not 'active'")]
     NotActive { status: String },
     #[error("the copy's {field} is {got:?} after upload, expected {expected}")]
@@ -120,6 +131,11 @@ pub fn source_is_verifiable(source: &Image) -> bool {
 /// default, so that the read-back compares two digests.
 pub fn digests_to_compute(source: &Image, policy: VerifyDigests) -> Vec<Algo> {
     match (policy, source_multihash(source)) {
+        // A source without MD5 (a FIPS cloud): MD5 too, for the read-back of a target that
+        // records another multihash algorithm (it still records MD5 unless FIPS too).
+        (VerifyDigests::Strongest, Some(algo)) if source.checksum.is_none() => {
+            vec![Algo::Md5, algo]
+        }
         (VerifyDigests::Strongest, Some(algo)) => vec![algo],
         (VerifyDigests::Strongest, None) => vec![Algo::Md5],
         (VerifyDigests::All, Some(algo)) => vec![Algo::Md5, algo],
@@ -329,9 +345,31 @@ fn lower_this_thread_priority(_nice: i32) {}
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Proven {
     pub size: u64,
-    pub md5: Option<String>,
-    /// (os_hash_algo, value) pairs.
-    pub multihashes: Vec<(String, String)>,
+    pub md5: Option<ProvenDigest>,
+    /// Keyed by os_hash_algo.
+    pub multihashes: Vec<(String, ProvenDigest)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvenDigest {
+    pub value: String,
+    /// Computed over the bytes read, or (false) taken from the source's record.
+    pub computed: bool,
+}
+
+impl ProvenDigest {
+    fn computed(value: &str) -> ProvenDigest {
+        ProvenDigest {
+            value: value.to_string(),
+            computed: true,
+        }
+    }
+    fn recorded(value: &str) -> ProvenDigest {
+        ProvenDigest {
+            value: value.to_ascii_lowercase(),
+            computed: false,
+        }
+    }
 }
 
 /// Whether the bytes read are exactly the source image's: the size, and every digest computed
@@ -377,23 +415,23 @@ pub fn check_against_source(d: &Digests, source: &Image) -> Result<Proven, Verif
                 .join("+"),
         });
     }
-    let mut multihashes: Vec<(String, String)> = d
+    let mut multihashes: Vec<(String, ProvenDigest)> = d
         .values
         .iter()
         .filter(|(a, _)| *a != Algo::Md5)
-        .map(|(a, v)| (a.name().to_string(), v.clone()))
+        .map(|(a, v)| (a.name().to_string(), ProvenDigest::computed(v)))
         .collect();
     if let (Some(algo), Some(value)) = (&source.os_hash_algo, &source.os_hash_value)
         && !multihashes.iter().any(|(a, _)| a == algo)
     {
-        multihashes.push((algo.clone(), value.to_ascii_lowercase()));
+        multihashes.push((algo.clone(), ProvenDigest::recorded(value)));
     }
     Ok(Proven {
         size: d.size,
         md5: d
             .get(Algo::Md5)
-            .map(str::to_string)
-            .or_else(|| source.checksum.as_ref().map(|s| s.to_ascii_lowercase())),
+            .map(ProvenDigest::computed)
+            .or_else(|| source.checksum.as_deref().map(ProvenDigest::recorded)),
         multihashes,
     })
 }
@@ -413,14 +451,27 @@ pub fn check_copy(p: &Proven, copy: &Image) -> Result<(), VerifyError> {
             got: copy.size.map(|s| s.to_string()),
         });
     }
+    // A digest only recorded by the source that the copy contradicts, while the bytes matched
+    // what we computed: the source's record is inconsistent, not the copy.
+    let differs = |field: &'static str, want: &ProvenDigest, got: Option<&String>| {
+        if want.computed {
+            VerifyError::CopyDiffers {
+                field,
+                expected: want.value.clone(),
+                got: got.cloned(),
+            }
+        } else {
+            VerifyError::SourceRecordDisagrees {
+                field,
+                recorded: want.value.clone(),
+                got: got.cloned(),
+            }
+        }
+    };
     let mut compared = false;
     if let (Some(sum), Some(md5)) = (&copy.checksum, &p.md5) {
-        if !sum.eq_ignore_ascii_case(md5) {
-            return Err(VerifyError::CopyDiffers {
-                field: "checksum",
-                expected: md5.clone(),
-                got: Some(sum.clone()),
-            });
+        if !sum.eq_ignore_ascii_case(&md5.value) {
+            return Err(differs("checksum", md5, Some(sum)));
         }
         compared = true;
     }
@@ -430,13 +481,9 @@ pub fn check_copy(p: &Proven, copy: &Image) -> Result<(), VerifyError> {
         if !copy
             .os_hash_value
             .as_deref()
-            .is_some_and(|v| v.eq_ignore_ascii_case(value))
+            .is_some_and(|v| v.eq_ignore_ascii_case(&value.value))
         {
-            return Err(VerifyError::CopyDiffers {
-                field: "os_hash_value",
-                expected: value.clone(),
-                got: copy.os_hash_value.clone(),
-            });
+            return Err(differs("os_hash_value", value, copy.os_hash_value.as_ref()));
         }
         compared = true;
     }
@@ -631,6 +678,12 @@ mod tests {
         let legacy = abc_source(None, true);
         assert_eq!(digests_to_compute(&legacy, Strongest), [Algo::Md5]);
         assert_eq!(digests_to_compute(&legacy, All), [Algo::Md5, Algo::Sha512]);
+        // No MD5 recorded (FIPS): MD5 too, for the read-back on a target of another algorithm.
+        let fips = abc_source(Some(Algo::Sha512), false);
+        assert_eq!(
+            digests_to_compute(&fips, Strongest),
+            [Algo::Md5, Algo::Sha512]
+        );
         let mut unknown_algo = abc_source(Some(Algo::Sha512), true);
         unknown_algo.os_hash_algo = Some("blake3".into());
         assert_eq!(digests_to_compute(&unknown_algo, Strongest), [Algo::Md5]);
@@ -670,8 +723,8 @@ mod tests {
         let d = digest(&[b"abc"], &[Algo::Sha512]).await;
         let proven = check_against_source(&d, &src).unwrap();
         assert_eq!(
-            proven.md5.as_deref(),
-            Some(ABC_MD5),
+            proven.md5,
+            Some(ProvenDigest::recorded(ABC_MD5)),
             "the source's, vouched for"
         );
         // A target that records sha256: its MD5 is what is compared.
@@ -681,13 +734,16 @@ mod tests {
         copy.os_hash_value = Some("whatever".into());
         assert_eq!(check_copy(&proven, &copy), Ok(()));
         copy.checksum = Some("0".repeat(32));
-        assert!(matches!(
-            check_copy(&proven, &copy),
-            Err(VerifyError::CopyDiffers {
-                field: "checksum",
-                ..
-            })
-        ));
+        assert!(
+            matches!(
+                check_copy(&proven, &copy),
+                Err(VerifyError::SourceRecordDisagrees {
+                    field: "checksum",
+                    ..
+                })
+            ),
+            "the source's MD5 was never checked: its record is to blame"
+        );
         // A target recording the same algorithm: its value must be ours.
         let mut copy = abc_source(Some(Algo::Sha512), true);
         copy.id = "t".into();
