@@ -107,27 +107,25 @@ impl Limiter {
         rate
     }
 
-    /// How long the caller must wait before passing on `bytes` more.
-    fn reserve(&self, bytes: u64) -> Duration {
+    /// How long the caller must wait before passing on `bytes` more, at the rate in force
+    /// (returned too).
+    fn reserve(&self, bytes: u64) -> (Duration, Rate) {
         let mut p = self.inner.lock().expect("limiter lock");
         let now = Instant::now();
         let Some(rate) = self.refresh(&mut p) else {
             p.next_free = now;
-            return Duration::ZERO;
+            return (Duration::ZERO, None);
         };
         let start = p.next_free.max(now.checked_sub(MAX_BURST).unwrap_or(now));
         p.next_free = start + Duration::from_secs_f64(bytes as f64 / rate.max(1) as f64);
-        p.next_free.saturating_duration_since(now)
+        (p.next_free.saturating_duration_since(now), Some(rate))
     }
 
     /// Waits until `bytes` more may pass. When the rate in force changes during the wait (a
     /// reload, a timetable boundary), the rest of the wait is dropped and pacing starts afresh at
     /// the new rate.
     pub async fn take(&self, bytes: u64) {
-        let (mut wait, rate) = {
-            let wait = self.reserve(bytes);
-            (wait, self.inner.lock().expect("limiter lock").rate)
-        };
+        let (mut wait, rate) = self.reserve(bytes);
         while !wait.is_zero() {
             let step = wait.min(RECHECK);
             tokio::time::sleep(step).await;
@@ -343,11 +341,11 @@ mod tests {
         // 10 chunks of 100 kB at 1 MB/s: the last one may pass after ~1 s.
         let mut wait = Duration::ZERO;
         for _ in 0..10 {
-            wait = l.reserve(100_000);
+            wait = l.reserve(100_000).0;
         }
         assert!((0.85..=1.0).contains(&wait.as_secs_f64()), "{wait:?}");
         l.set(Limit::NONE);
-        assert_eq!(l.reserve(100_000_000), Duration::ZERO);
+        assert_eq!(l.reserve(100_000_000), (Duration::ZERO, None));
         assert_eq!(*seen.lock().unwrap(), [Some(1_000_000), None]);
     }
 }

@@ -852,23 +852,7 @@ impl Execution<'_> {
         let error = call.err().map(|e| e.to_string());
         let seconds = started.elapsed().as_secs_f64();
         if let Some(source) = self.source(&action.source_id) {
-            let outcome = match (&error, &action.kind) {
-                (Some(e), _) => Outcome::Failed {
-                    target_id: action.target_id(),
-                    error: e,
-                },
-                (None, ActionKind::Skip { reason }) => Outcome::Skipped { reason },
-                (None, ActionKind::InSync { target_id, foreign }) => Outcome::InSync {
-                    target_id,
-                    foreign: *foreign,
-                    bytes: source.size.unwrap_or(0),
-                },
-                (None, _) => Outcome::InSync {
-                    target_id: action.target_id().unwrap_or_default(),
-                    foreign: false,
-                    bytes: source.size.unwrap_or(0),
-                },
-            };
+            let outcome = outcome_of(&action, error.as_deref(), source);
             // Deleting a failed copy says nothing about the source image's own status, and a
             // copy in flight is recorded by the run making it.
             if !matches!(
@@ -899,21 +883,13 @@ impl Execution<'_> {
         if actions.is_empty() {
             return Ok(Vec::new());
         }
-        let rows = actions.iter().filter_map(|a| {
-            let source = self.source(&a.source_id)?;
-            let outcome = match &a.kind {
-                ActionKind::InSync { target_id, foreign } => Outcome::InSync {
-                    target_id,
-                    foreign: *foreign,
-                    bytes: source.size.unwrap_or(0),
-                },
-                ActionKind::Skip { reason } => Outcome::Skipped { reason },
-                other => unreachable!("not bookkeeping: {other:?}"),
-            };
-            Some((source, a.target.as_str(), outcome))
-        });
-        // Built before the state lock is taken: nothing evaluated under it can panic.
-        let rows: Vec<_> = rows.collect();
+        let rows: Vec<_> = actions
+            .iter()
+            .filter_map(|a| {
+                let source = self.source(&a.source_id)?;
+                Some((source, a.target.as_str(), outcome_of(a, None, source)))
+            })
+            .collect();
         self.state
             .record_outcomes(&self.job.name, &self.job.source, rows)?;
         Ok(actions
@@ -1089,6 +1065,28 @@ async fn apply_members(
         );
     }
     Ok(())
+}
+
+/// What the state database records for a (source image, target) pair after `action`.
+fn outcome_of<'a>(action: &'a Action, error: Option<&'a str>, source: &Image) -> Outcome<'a> {
+    let bytes = source.size.unwrap_or(0);
+    match (error, &action.kind) {
+        (Some(error), _) => Outcome::Failed {
+            target_id: action.target_id(),
+            error,
+        },
+        (None, ActionKind::Skip { reason }) => Outcome::Skipped { reason },
+        (None, ActionKind::InSync { target_id, foreign }) => Outcome::InSync {
+            target_id,
+            foreign: *foreign,
+            bytes,
+        },
+        (None, _) => Outcome::InSync {
+            target_id: action.target_id().unwrap_or_default(),
+            foreign: false,
+            bytes,
+        },
+    }
 }
 
 /// The `result` field of a log line: one word per kind of outcome, for log queries.
