@@ -47,6 +47,8 @@ const SECTIONS: &[&str] = &[
     "fanout",
     "firstrun",
     "bandwidth",
+    "scale",
+    "million",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -70,6 +72,11 @@ struct Args {
     plan_images: usize,
     /// (8): source images, each already on every target.
     firstrun_images: usize,
+    /// (10): source images, each already on every one of `scale_targets` targets.
+    scale_images: usize,
+    scale_targets: usize,
+    /// (11): source images, each already on the one target.
+    million_images: usize,
     only: Vec<String>,
     /// (3b): also the peer without `stream=True` (holds the image in memory).
     peer_in_memory: bool,
@@ -89,10 +96,15 @@ cargo bench --bench sync -- [OPTIONS]
   --plan-images N       source images (and target copies) planned, (6) (default 10000)
   --firstrun-images N   images already on the target for the first run with a fresh state, (8)
                         (default 100000)
+  --scale-images N      images already on each target for the first and no-op runs of (10)
+                        (default 100000)
+  --scale-targets N     targets in (10) (default 4)
+  --million-images N    images already on the one target for the no-op run of (11)
+                        (default 1000000)
   --no-peer-in-memory   skip (3b), the peer downloading into memory (2 × the image in RAM)
   --glance-sync PATH    measure this glance-sync binary instead of this build's (A/B of a change)
   --only LIST           comma-separated subset of: hash,copy,peer,real,noop,plan,parallel,fanout,
-                        firstrun,bandwidth
+                        firstrun,bandwidth,scale,million
 ";
 
 fn parse_args() -> Args {
@@ -109,6 +121,9 @@ fn parse_args() -> Args {
         noop_images: 10_000,
         plan_images: 10_000,
         firstrun_images: 100_000,
+        scale_images: 100_000,
+        scale_targets: 4,
+        million_images: 1_000_000,
         only: Vec::new(),
         peer_in_memory: true,
         exe: None,
@@ -147,6 +162,15 @@ fn parse_args() -> Args {
             "--firstrun-images" => {
                 a.firstrun_images = num(&mut it, arg) as usize;
                 explicit.push("firstrun");
+            }
+            "--scale-images" => {
+                a.scale_images = num(&mut it, arg) as usize;
+                explicit.push("scale");
+            }
+            "--scale-targets" => a.scale_targets = num(&mut it, arg).max(1) as usize,
+            "--million-images" => {
+                a.million_images = num(&mut it, arg) as usize;
+                explicit.push("million");
             }
             "--quick" => a.quick = true,
             "--no-peer-in-memory" => a.peer_in_memory = false,
@@ -189,6 +213,13 @@ fn parse_args() -> Args {
         }
         if !keep("firstrun") {
             a.firstrun_images = 100;
+        }
+        if !keep("scale") {
+            a.scale_images = 300;
+            a.scale_targets = 2;
+        }
+        if !keep("million") {
+            a.million_images = 1000;
         }
     }
     a
@@ -532,6 +563,106 @@ fn rate_between(samples: &[(Instant, u64)], from: u64, to: u64) -> f64 {
         .find(|(_, b)| *b >= to)
         .expect("copy went on");
     (b.1 - a.1) as f64 / b.0.duration_since(a.0).as_secs_f64()
+}
+
+/// (10) and (11): the runs over a source of `n` public images and `targets` targets, each of
+/// which holds an identical public image of another project for every one (all in sync, nothing
+/// to copy). Per repetition, with a fresh state: the first run (it records `n × targets` rows),
+/// then a run that changes nothing.
+struct ScaleRuns {
+    first: Vec<ChildRun>,
+    noop: Vec<ChildRun>,
+    /// CPU seconds of this process (the fakes) during each no-op run.
+    fake_cpu: Vec<f64>,
+    /// HTTP requests of the last no-op run, all clouds.
+    requests: usize,
+}
+
+fn scale_runs(
+    rt: &tokio::runtime::Runtime,
+    base: &Path,
+    exe: &Path,
+    tag: &str,
+    n: usize,
+    targets: usize,
+    reps: usize,
+) -> ScaleRuns {
+    // The fakes answer each page from a cached order, as Glance answers from an index: else a
+    // page would cost a sort of the whole cloud and the fakes would be the bottleneck.
+    let fake = || {
+        rt.block_on(FakeGlance::start_with(FakeOptions {
+            cache_listings: true,
+            ..FakeOptions::default()
+        }))
+    };
+    let source = fake();
+    let dsts: Vec<FakeGlance> = (0..targets).map(|_| fake()).collect();
+    for i in 0..n {
+        let data = ImageData::Bytes(Bytes::from(format!("tiny image number {i}\n")));
+        let mut spec = ImageSpec::new(format!("tiny-{i:07}"), data);
+        spec.visibility = "public".into();
+        spec.properties.insert("os_distro".into(), "cirros".into());
+        source.add_image(spec.clone());
+        spec.owner = Some("another-project".into());
+        for d in &dsts {
+            d.add_image(spec.clone());
+        }
+    }
+    let mut clouds = vec![("src".to_string(), source.url.clone())];
+    for (i, d) in dsts.iter().enumerate() {
+        clouds.push((format!("dst{i}"), d.url.clone()));
+    }
+    let cloud_refs: Vec<(&str, &str)> = clouds
+        .iter()
+        .map(|(n, u)| (n.as_str(), u.as_str()))
+        .collect();
+    let target_names: Vec<&str> = cloud_refs[1..].iter().map(|(n, _)| *n).collect();
+    let mut out = ScaleRuns {
+        first: vec![],
+        noop: vec![],
+        fake_cpu: vec![],
+        requests: 0,
+    };
+    for i in 0..reps {
+        let dir = subdir(base, &format!("{tag}-{i}"));
+        let cfg = write_config(&dir, &cloud_refs, "src", &target_names, "");
+        let r = run_child(glance_sync_run(exe, &cfg), &dir, "first");
+        r.check(&format!("glance-sync run ({tag}, first run)"));
+        out.first.push(r);
+        source.clear_requests();
+        for d in &dsts {
+            d.clear_requests();
+        }
+        let c0 = self_cpu();
+        let r = run_child(glance_sync_run(exe, &cfg), &dir, "noop");
+        out.fake_cpu.push(self_cpu() - c0);
+        r.check(&format!("glance-sync run ({tag}, no-op)"));
+        let expected = format!("{} in sync", n * targets);
+        assert!(
+            r.stdout.contains(&expected),
+            "{tag}: every image in sync ({expected}): {}",
+            r.stdout
+        );
+        out.noop.push(r);
+        let writes: usize =
+            source.write_requests() + dsts.iter().map(|d| d.write_requests()).sum::<usize>();
+        assert_eq!(writes, 0, "{tag}: nothing to write");
+        out.requests =
+            source.request_log().len() + dsts.iter().map(|d| d.request_log().len()).sum::<usize>();
+    }
+    out
+}
+
+fn walls(runs: &[ChildRun]) -> Vec<f64> {
+    runs.iter().map(|r| r.wall).collect()
+}
+
+fn peaks(runs: &[ChildRun]) -> Vec<f64> {
+    runs.iter().map(|r| r.peak_rss_mib).collect()
+}
+
+fn cpus(runs: &[ChildRun]) -> Vec<f64> {
+    runs.iter().map(|r| r.cpu).collect()
 }
 
 /// A fresh directory under the bench's temp dir.
@@ -989,13 +1120,14 @@ fn plan_cpu(n: usize, reps: usize) -> (Vec<f64>, usize) {
         ledger: &ledger,
         projects: &Default::default(),
         members: &Default::default(),
+        scope: &glance_sync::plan::every_name,
     };
     let mut times = Vec::new();
     let mut writes = 0;
     for _ in 0..reps {
         let mut next = 0u64;
         let t0 = thread_cpu();
-        let p = plan(&input, &mut || {
+        let p = plan(&input, &mut |_, _| {
             next += 1;
             format!("new-{next}")
         });
@@ -1596,6 +1728,71 @@ fn main() {
         );
     }
 
+    // ---- (10) 100,000 images on 4 targets: the first run, then no-op runs ----------------
+    let mut scale = None;
+    if args.wants("scale") {
+        let (n, t) = (args.scale_images, args.scale_targets);
+        let runs = scale_runs(&rt, base, &exe, "scale", n, t, args.reps);
+        let (f, nw) = (walls(&runs.first), walls(&runs.noop));
+        rep.row(
+            "10",
+            &format!("first run, fresh state, {n} images × {t} targets in sync (fakes)"),
+            format!("{:.2} s", median(&f)),
+            format!(
+                "range {:.2}–{:.2} s; glance-sync {:.2} CPU-s, peak RSS {:.0} MiB; {} rows recorded",
+                range(&f).0,
+                range(&f).1,
+                median(&cpus(&runs.first)),
+                median(&peaks(&runs.first)),
+                n * t
+            ),
+        );
+        rep.row(
+            "10b",
+            &format!("no-op run, {n} images × {t} targets in sync (fakes)"),
+            format!("{:.2} s", median(&nw)),
+            format!(
+                "range {:.2}–{:.2} s; peak RSS {:.0} MiB; glance-sync {:.2} CPU-s, the fakes {:.2} CPU-s; {} HTTP requests",
+                range(&nw).0,
+                range(&nw).1,
+                median(&peaks(&runs.noop)),
+                median(&cpus(&runs.noop)),
+                median(&runs.fake_cpu),
+                runs.requests
+            ),
+        );
+        scale = Some((
+            median(&f),
+            range(&peaks(&runs.first)).1,
+            median(&nw),
+            range(&peaks(&runs.noop)).1,
+        ));
+    }
+
+    // ---- (11) 1,000,000 images on 1 target: no-op runs ----------------------------------
+    let mut million = None;
+    if args.wants("million") {
+        let n = args.million_images;
+        let runs = scale_runs(&rt, base, &exe, "million", n, 1, args.reps);
+        let (f, nw) = (walls(&runs.first), walls(&runs.noop));
+        rep.row(
+            "11",
+            &format!("no-op run, {n} images × 1 target in sync (fakes)"),
+            format!("{:.2} s", median(&nw)),
+            format!(
+                "range {:.2}–{:.2} s; peak RSS {:.0} MiB; glance-sync {:.2} CPU-s, the fakes {:.2} CPU-s; first run {:.1} s, peak RSS {:.0} MiB",
+                range(&nw).0,
+                range(&nw).1,
+                median(&peaks(&runs.noop)),
+                median(&cpus(&runs.noop)),
+                median(&runs.fake_cpu),
+                median(&f),
+                median(&peaks(&runs.first))
+            ),
+        );
+        million = Some((median(&nw), range(&peaks(&runs.noop)).1));
+    }
+
     // ---- (9) max_bandwidth: the rate held, and a timetable boundary ----------------------
     // The rate is measured on the target's side (bytes it received), over the middle 80 % of the
     // copy, so process start, listing and read-back do not count.
@@ -1877,6 +2074,25 @@ fn main() {
             "(8) ≥ 27,000 rows/s",
             format!("{:.0} rows/s", n as f64 / w),
             meaningful(n as f64 / w >= 27_000.0),
+        );
+    }
+    if let Some((first, first_rss, noop, noop_rss)) = scale {
+        rep.target(
+            "(10) first run ≤ 15 s",
+            format!("{first:.2} s (peak RSS {first_rss:.0} MiB)"),
+            meaningful(first <= 15.0),
+        );
+        rep.target(
+            "(10b) no-op ≤ 6 s and ≤ 128 MiB",
+            format!("{noop:.2} s, {noop_rss:.0} MiB (highest of reps)"),
+            meaningful(noop <= 6.0 && noop_rss <= 128.0),
+        );
+    }
+    if let Some((noop, rss)) = million {
+        rep.target(
+            "(11) no-op ≤ 60 s and ≤ 192 MiB",
+            format!("{noop:.2} s, {rss:.0} MiB (highest of reps)"),
+            meaningful(noop <= 60.0 && rss <= 192.0),
         );
     }
     if let Some((error, boundary)) = bandwidth {

@@ -11,7 +11,7 @@ use glance_sync::config::{Config, DEFAULT_CONFIG_PATH};
 use glance_sync::daemon;
 use glance_sync::engine::{Engine, JobPlan, JobReport};
 use glance_sync::metrics::Metrics;
-use glance_sync::plan::{ActionKind, Ledger};
+use glance_sync::plan::ActionKind;
 use glance_sync::progress::Progress;
 use glance_sync::state::State;
 use glance_sync::terminal::{self, escape, print_table, table_name};
@@ -334,7 +334,7 @@ fn summary_line(r: &JobReport, seconds: f64) -> String {
             .filter(|x| x.error.is_none() && f(&x.action.kind))
             .count()
     };
-    let in_sync = count(&|k| matches!(k, ActionKind::InSync { .. }));
+    let in_sync = count(&|k| matches!(k, ActionKind::InSync { .. })) as u64 + r.bookkept.in_sync;
     let updated = count(&|k| {
         matches!(
             k,
@@ -344,7 +344,9 @@ fn summary_line(r: &JobReport, seconds: f64) -> String {
                 | ActionKind::Reactivate { .. }
         )
     });
-    let skipped = count(&|k| matches!(k, ActionKind::Skip { .. } | ActionKind::InFlight { .. }));
+    let skipped = count(&|k| matches!(k, ActionKind::Skip { .. } | ActionKind::InFlight { .. }))
+        as u64
+        + r.bookkept.skipped;
     let pruned = count(&|k| matches!(k, ActionKind::Prune { .. }));
     let mut line = format!(
         "job {}: {} ({} copied, {:.1} MB; {updated} updated; {in_sync} in sync; {skipped} skipped; {pruned} pruned; {} failed) in {seconds:.1} s",
@@ -389,14 +391,13 @@ async fn plan(config: &Config, jobs: &[String], format: Format) -> Result<ExitCo
     if let Some(state) = &state {
         glance_sync::engine::warn_jobs_not_in_config(config, state).map_err(failed)?;
     }
-    let ledger = || match &state {
-        Some(s) => s.ledger(),
-        None => Ok(Ledger::default()),
-    };
     let planning = async {
         let mut plans: Vec<JobPlan> = Vec::new();
         for job in &jobs {
-            let (p, _) = engine.plan_job(job, &ledger).await.map_err(failed)?;
+            let (p, _) = engine
+                .plan_job(job, state.as_ref(), None)
+                .await
+                .map_err(failed)?;
             plans.push(p);
         }
         Ok::<_, Failure>(plans)
@@ -483,11 +484,10 @@ async fn adopt(config: &Config, jobs: &[String], yes: bool) -> Result<ExitCode, 
     let mut unreachable = false;
     for job in &jobs {
         // Read again per job: an image adopted for one job is no longer unadopted for the next.
-        let ledger = || match writer.as_ref().or(reader.as_ref()) {
-            Some(s) => s.ledger(),
-            None => Ok(Ledger::default()),
-        };
-        let (p, _) = engine.plan_job(job, &ledger).await.map_err(failed)?;
+        let (p, _) = engine
+            .plan_job(job, writer.as_ref().or(reader.as_ref()), None)
+            .await
+            .map_err(failed)?;
         unreachable |= !p.unreachable_targets.is_empty();
         for u in &p.unreachable_targets {
             println!("  target {} not reached: {}", u.target, escape(&u.error));

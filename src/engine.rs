@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures_util::StreamExt;
-use futures_util::future::join_all;
 use serde::Serialize;
 
 use crate::auth::{AuthError, CloudSession};
@@ -17,6 +16,7 @@ use crate::bandwidth;
 use crate::config::{Config, Job};
 use crate::glance::{GlanceClient, GlanceError};
 use crate::image::Image;
+use crate::listing::{self, Listing, ListingError};
 use crate::metrics::Metrics;
 use crate::plan::{self, Action, ActionKind, Ledger, NewCopyId, Plan, PlanInput};
 use crate::progress::Progress;
@@ -27,15 +27,44 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
     #[error("job '{job}': cannot list the source images, nothing was done: {source}")]
-    SourceListing { job: String, source: GlanceError },
+    SourceListing {
+        job: String,
+        source: Box<GlanceError>,
+    },
     #[error(
         "job '{job}': cannot learn which project glance-sync works as on the source (it tells \
          the project's own images from other projects'), nothing was done: {source}"
     )]
-    SourceProject { job: String, source: GlanceError },
+    SourceProject {
+        job: String,
+        source: Box<GlanceError>,
+    },
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Listing(#[from] ListingError),
 }
+
+/// Why listing a cloud into the [`Listing`] stopped.
+enum ListError {
+    Glance(Box<GlanceError>),
+    Spill(ListingError),
+}
+
+impl From<GlanceError> for ListError {
+    fn from(e: GlanceError) -> Self {
+        ListError::Glance(Box::new(e))
+    }
+}
+
+/// Records the in-sync and skipped actions of one range of names (their source images at hand),
+/// as the plan is made.
+pub type Bookkeeping<'a> =
+    dyn FnMut(&HashMap<&str, &Image>, Vec<Action>) -> Result<(), EngineError> + Send + 'a;
+
+/// Images (over all sides) per range of names planned at once: a batch's memory, and the
+/// ledger queries per batch (two per target).
+const PLAN_BATCH: usize = 4000;
 
 /// A plan plus the targets that could not be listed (and so are not in it).
 #[derive(Debug, Clone, Serialize)]
@@ -60,7 +89,9 @@ pub struct UnreachableTarget {
 pub struct JobReport {
     pub job: String,
     pub run_id: i64,
+    /// What was done, except for images found in sync or skipped: those are only counted.
     pub results: Vec<ActionResult>,
+    pub bookkept: Bookkept,
     pub unreachable_targets: Vec<UnreachableTarget>,
     pub summary: RunSummary,
 }
@@ -68,6 +99,26 @@ pub struct JobReport {
 impl JobReport {
     pub fn failed(&self) -> bool {
         self.summary.images_failed > 0 || !self.unreachable_targets.is_empty()
+    }
+}
+
+/// How many (source image, target) pairs a run found in sync, or skipped (in flight elsewhere
+/// included), without calling any cloud.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct Bookkept {
+    pub in_sync: u64,
+    pub skipped: u64,
+}
+
+impl Bookkept {
+    fn add(&mut self, actions: &[Action]) {
+        for a in actions {
+            match a.kind {
+                ActionKind::InSync { .. } => self.in_sync += 1,
+                ActionKind::Skip { .. } => self.skipped += 1,
+                _ => {}
+            }
+        }
     }
 }
 
@@ -150,27 +201,59 @@ impl Engine {
         &self.clients[cloud]
     }
 
-    /// Lists the job's source and targets, then reads the ledger with `ledger` and plans. Writes
-    /// nothing anywhere. The ledger is read after listing: any copy of ours that the listing
-    /// shows is in it by then (it is recorded before it is created).
+    /// Lists the job's source and targets into a [`Listing`], then plans a range of names at a
+    /// time, reading the ledger (from `state`; empty without one) for each. Writes nothing
+    /// anywhere but through `bookkeeping`: when given, the in-sync and skipped actions of each
+    /// range go there (to be recorded) instead of into the plan, so that memory holds the
+    /// actions that change something, not one per image. The ledger is read after listing: any
+    /// copy of ours that the listing shows is in it by then (it is recorded before it is
+    /// created).
+    ///
+    /// Returns the plan and the source images its actions need.
     pub async fn plan_job(
         &self,
         job: &Job,
-        ledger: &(dyn Fn() -> Result<Ledger, StateError> + Sync),
-    ) -> Result<(JobPlan, Vec<Image>), EngineError> {
+        state: Option<&State>,
+        mut bookkeeping: Option<&mut Bookkeeping<'_>>,
+    ) -> Result<(JobPlan, HashMap<String, Image>), EngineError> {
+        let listing_started = Instant::now();
+        let listing = Arc::new(Listing::new(&job.source, &job.targets)?);
         let source = self.client(&job.source);
-        let (source_images, targets) = tokio::join!(
-            source.list_images(),
-            join_all(
-                job.targets
-                    .iter()
-                    .map(|t| async move { (t.clone(), self.client(t).list_images().await) })
-            )
-        );
-        let source_images = source_images.map_err(|source| EngineError::SourceListing {
-            job: job.name.clone(),
-            source,
-        })?;
+        // One task per cloud, so that the pages of several clouds are parsed on several cores.
+        // Dropped (a signal), the set aborts them.
+        let mut tasks = tokio::task::JoinSet::new();
+        let clouds: Vec<&String> = std::iter::once(&job.source).chain(&job.targets).collect();
+        for (side, cloud) in clouds.iter().enumerate() {
+            let client = self.client(cloud).clone();
+            let listing = listing.clone();
+            tasks.spawn(async move {
+                let listed = client
+                    .list_images_paged(|page| listing.add(side, page).map_err(ListError::Spill))
+                    .await;
+                (side, listed)
+            });
+        }
+        let mut listed: Vec<Option<Result<(), ListError>>> = clouds.iter().map(|_| None).collect();
+        while let Some(done) = tasks.join_next().await {
+            let (side, result) = done.expect("a listing task panicked");
+            listed[side] = Some(result);
+        }
+        let mut listed = listed
+            .into_iter()
+            .map(|l| l.expect("every listing task ended"));
+        let source_listed = listed.next().expect("the source's listing");
+        let targets: Vec<(String, Result<(), ListError>)> =
+            job.targets.iter().cloned().zip(listed).collect();
+        match source_listed {
+            Ok(()) => {}
+            Err(ListError::Spill(e)) => return Err(e.into()),
+            Err(ListError::Glance(source)) => {
+                return Err(EngineError::SourceListing {
+                    job: job.name.clone(),
+                    source,
+                });
+            }
+        }
         // Whose images are whose decides what is copied and what may stand in for a copy: a
         // project that cannot be learnt is an error, never "unknown" (that would count every
         // image as the cloud's own).
@@ -183,89 +266,163 @@ impl Engine {
             Err(source) => {
                 return Err(EngineError::SourceProject {
                     job: job.name.clone(),
-                    source,
+                    source: Box::new(source),
                 });
             }
         }
-        let mut target_images = BTreeMap::new();
+        let mut reachable = job.clone();
         let mut unreachable_targets = Vec::new();
         let mut without_admin = BTreeSet::new();
-        for (t, listing) in targets {
-            let listed = match listing {
-                Ok(images) => self
-                    .client(&t)
-                    .identity()
-                    .await
-                    .map(|access| (images, access)),
-                Err(e) => Err(e),
+        for (t, listed) in targets {
+            let listed = match listed {
+                Ok(()) => self.client(&t).identity().await,
+                Err(ListError::Spill(e)) => return Err(e.into()),
+                Err(ListError::Glance(e)) => Err(*e),
             };
             match listed {
-                Ok((images, access)) => {
+                Ok(access) => {
                     if access.known_without_admin() {
                         without_admin.insert(t.clone());
                     }
                     if let Some(project) = access.project_id {
                         projects.insert(t.clone(), project);
                     }
-                    target_images.insert(t, images);
                 }
-                Err(e) => unreachable_targets.push(UnreachableTarget {
-                    target: t,
-                    error: e.to_string(),
-                }),
+                Err(e) => {
+                    reachable.targets.retain(|r| *r != t);
+                    unreachable_targets.push(UnreachableTarget {
+                        target: t,
+                        error: e.to_string(),
+                    })
+                }
             }
         }
-        let mut reachable = job.clone();
-        reachable.targets.retain(|t| target_images.contains_key(t));
-        let ledger = ledger()?;
-        let mut members = self
-            .list_members(&reachable, &source_images, &target_images, &ledger)
-            .await;
-        members.status_needs_admin = without_admin;
-        let plan = plan::plan(
-            &PlanInput {
-                job: &reachable,
-                source_images: &source_images,
-                target_images: &target_images,
-                ledger: &ledger,
-                projects: &projects,
-                members: &members,
-            },
-            &mut || uuid::Uuid::new_v4().to_string(),
+        listing.finish()?;
+        tracing::info!(
+            job = %job.name,
+            "listed {} images on the source and targets in {:.1} s; planning",
+            listing.images_listed()?,
+            listing_started.elapsed().as_secs_f64()
         );
-        for l in &plan.left_out {
-            tracing::trace!(
-                job = %job.name,
-                image = l.name.as_deref().unwrap_or(""),
-                source_id = %l.source_id,
-                "plan: '{}' ({}) left out: {}",
-                l.name.as_deref().unwrap_or(""),
-                l.source_id,
-                l.reason
+        let ledger_mark = match state {
+            Some(s) => s.ledger_mark()?,
+            None => 0,
+        };
+        let mut read_ledger = |target: &str, target_ids: &[&str], source_ids: &[&str]| match state {
+            Some(s) => s
+                .ledger_slice(target, target_ids, &job.source, source_ids)
+                .map_err(EngineError::from),
+            None => Ok(Vec::new()),
+        };
+        // One id per (target, source image) for the whole run, whichever range plans it.
+        let mut new_ids: HashMap<(String, String), String> = HashMap::new();
+        let mut new_id = |target: &str, source_id: &str| {
+            new_ids
+                .entry((target.to_string(), source_id.to_string()))
+                .or_insert_with(|| uuid::Uuid::new_v4().to_string())
+                .clone()
+        };
+        let mut plan = Plan {
+            job: job.name.clone(),
+            source: job.source.clone(),
+            targets: reachable.targets.clone(),
+            actions: Vec::new(),
+            not_selected: 0,
+            left_out: Vec::new(),
+            copies_left_out: Vec::new(),
+            unadopted: Vec::new(),
+        };
+        let mut sources: HashMap<String, Image> = HashMap::new();
+        // The next range's images are read and decoded on a blocking thread while this one is
+        // planned and recorded: the two take about as long.
+        let ranges = listing.ranges(PLAN_BATCH)?;
+        let read_ahead = |range: &listing::NameRange| {
+            let (listing, range) = (listing.clone(), range.clone());
+            tokio::task::spawn_blocking(move || listing.in_range(&range))
+        };
+        let mut next = ranges.first().map(read_ahead);
+        for (i, range) in ranges.iter().enumerate() {
+            let in_range = next
+                .take()
+                .expect("each range is read ahead")
+                .await
+                .expect("reading a range of the listing panicked")?;
+            next = ranges.get(i + 1).map(read_ahead);
+            let batch = listing.batch(range, in_range, &reachable, &mut read_ledger)?;
+            let mut members = self
+                .list_members(&reachable, &batch.source, &batch.targets, &batch.ledger)
+                .await;
+            members.status_needs_admin = without_admin.clone();
+            let part = plan::plan(
+                &PlanInput {
+                    job: &reachable,
+                    source_images: &batch.source,
+                    target_images: &batch.targets,
+                    ledger: &batch.ledger,
+                    projects: &projects,
+                    members: &members,
+                    scope: &|name| range.contains(name),
+                },
+                &mut new_id,
             );
+            for l in &part.left_out {
+                tracing::trace!(
+                    job = %job.name,
+                    image = l.name.as_deref().unwrap_or(""),
+                    source_id = %l.source_id,
+                    "plan: '{}' ({}) left out: {}",
+                    l.name.as_deref().unwrap_or(""),
+                    l.source_id,
+                    l.reason
+                );
+            }
+            // Every decision, in-sync ones included, for `-vv`: why an image is (not) touched.
+            for a in &part.actions {
+                tracing::trace!(
+                    job = %job.name,
+                    image = a.name.as_deref().unwrap_or(""),
+                    source_id = %a.source_id,
+                    target = %a.target,
+                    "plan: '{}' on {}: {}",
+                    a.name.as_deref().unwrap_or(""),
+                    a.target,
+                    a.describe()
+                );
+            }
+            let batch_sources: HashMap<&str, &Image> =
+                batch.source.iter().map(|i| (i.id.as_str(), i)).collect();
+            let (kept, bookkept): (Vec<Action>, Vec<Action>) =
+                part.actions.into_iter().partition(|a| {
+                    bookkeeping.is_none()
+                        || !matches!(a.kind, ActionKind::InSync { .. } | ActionKind::Skip { .. })
+                });
+            if let Some(record) = bookkeeping.as_deref_mut() {
+                record(&batch_sources, bookkept)?;
+            }
+            for a in &kept {
+                if let Some(s) = batch_sources.get(a.source_id.as_str()) {
+                    sources
+                        .entry(a.source_id.clone())
+                        .or_insert_with(|| (*s).clone());
+                }
+            }
+            plan.actions.extend(kept);
+            plan.not_selected += part.not_selected;
+            plan.left_out.extend(part.left_out);
+            plan.copies_left_out.extend(part.copies_left_out);
+            plan.unadopted.extend(part.unadopted);
         }
+        // Each range refused its own prunes over max_deletes; the limit is the run's.
+        plan::refuse_prunes_over_max(&reachable, &mut plan.actions);
         warn_unadopted(job, &plan);
         warn_copies_left_out(job, &plan);
-        // Every decision, in-sync ones included, for `-vv`: why an image is (not) touched.
-        for a in &plan.actions {
-            tracing::trace!(
-                job = %job.name,
-                image = a.name.as_deref().unwrap_or(""),
-                source_id = %a.source_id,
-                target = %a.target,
-                "plan: '{}' on {}: {}",
-                a.name.as_deref().unwrap_or(""),
-                a.target,
-                a.describe()
-            );
-        }
         Ok((
             JobPlan {
                 plan,
                 unreachable_targets,
-                ledger_mark: ledger.mark,
+                ledger_mark,
             },
-            source_images,
+            sources,
         ))
     }
 
@@ -357,14 +514,19 @@ impl Engine {
         cancel: &CancellationToken,
     ) -> Result<JobReport, EngineError> {
         let run_id = state.begin_run(&job.name)?;
-        // Listing and planning write nothing: a signal stops them at once.
-        let read_ledger = || state.ledger();
+        // Listing and planning write nothing but the rows of images found in sync or skipped,
+        // which say only what is so: a signal stops them at once.
+        let mut bookkept = Bookkept::default();
+        let mut record = |sources: &HashMap<&str, &Image>, actions: Vec<Action>| {
+            bookkept.add(&actions);
+            record_bookkeeping(state, job, sources, actions)
+        };
         let planned = tokio::select! {
             biased;
             _ = cancel.cancelled() => None,
-            planned = self.plan_job(job, &read_ledger) => Some(planned),
+            planned = self.plan_job(job, Some(state), Some(&mut record)) => Some(planned),
         };
-        let (job_plan, source_images) = match planned {
+        let (job_plan, sources) = match planned {
             Some(Ok(p)) => p,
             Some(Err(e)) => {
                 state.finish_run(run_id, &RunSummary::failure(&e))?;
@@ -377,6 +539,7 @@ impl Engine {
                     job: job.name.clone(),
                     run_id,
                     results: vec![],
+                    bookkept,
                     unreachable_targets: vec![],
                     summary,
                 });
@@ -389,8 +552,6 @@ impl Engine {
             state.record_unadopted(&job.name, target, count)?;
             self.metrics.set_unadopted(&job.name, target, count);
         }
-        let sources: HashMap<&str, &Image> =
-            source_images.iter().map(|i| (i.id.as_str(), i)).collect();
         let exec = Execution {
             engine: self,
             job,
@@ -443,6 +604,7 @@ impl Engine {
             job: job.name.clone(),
             run_id,
             results,
+            bookkept,
             unreachable_targets: job_plan.unreachable_targets,
             summary,
         })
@@ -456,7 +618,7 @@ struct Execution<'a> {
     run_id: i64,
     ledger_mark: i64,
     state: &'a State,
-    sources: &'a HashMap<&'a str, &'a Image>,
+    sources: &'a HashMap<String, Image>,
     cancel: &'a CancellationToken,
 }
 
@@ -495,30 +657,17 @@ impl Execution<'_> {
         for group in copied {
             results.extend(group?);
         }
-        let mut bookkeeping = Vec::new();
         for action in later {
             if self.cancel.is_cancelled() {
                 break;
             }
-            if matches!(
-                action.kind,
-                ActionKind::InSync { .. } | ActionKind::Skip { .. }
-            ) {
-                bookkeeping.push(action);
-                if bookkeeping.len() >= RECORD_BATCH {
-                    results.extend(self.record_bookkeeping(std::mem::take(&mut bookkeeping))?);
-                }
-                continue;
-            }
-            results.extend(self.record_bookkeeping(std::mem::take(&mut bookkeeping))?);
             results.push(self.simple(action).await?);
         }
-        results.extend(self.record_bookkeeping(bookkeeping)?);
         Ok(results)
     }
 
     fn source(&self, id: &str) -> Option<&Image> {
-        self.sources.get(id).copied()
+        self.sources.get(id)
     }
 
     /// One source image to all the targets that need it, through one download.
@@ -877,56 +1026,64 @@ impl Execution<'_> {
         })
     }
 
-    /// Actions that call no cloud (in sync, skipped): recorded in one transaction, so that the
-    /// first run over a large cloud in sync costs one fsync per batch instead of one per image.
-    fn record_bookkeeping(&self, actions: Vec<Action>) -> Result<Vec<ActionResult>, StateError> {
-        if actions.is_empty() {
-            return Ok(Vec::new());
-        }
-        let rows: Vec<_> = actions
+    fn log_outcome(&self, action: &Action, error: Option<&str>, seconds: f64) {
+        log_outcome(self.job, action, error, seconds)
+    }
+}
+
+/// Actions that call no cloud (in sync, skipped): recorded in transactions of [`RECORD_BATCH`]
+/// rows, so that the first run over a large cloud in sync costs one fsync per batch instead of
+/// one per image.
+fn record_bookkeeping(
+    state: &State,
+    job: &Job,
+    sources: &HashMap<&str, &Image>,
+    actions: Vec<Action>,
+) -> Result<(), EngineError> {
+    for chunk in actions.chunks(RECORD_BATCH) {
+        let rows: Vec<_> = chunk
             .iter()
             .filter_map(|a| {
-                let source = self.source(&a.source_id)?;
+                let source = *sources.get(a.source_id.as_str())?;
                 Some((source, a.target.as_str(), outcome_of(a, None, source)))
             })
             .collect();
-        self.state
-            .record_outcomes(&self.job.name, &self.job.source, rows)?;
-        Ok(actions
-            .into_iter()
-            .map(|action| {
-                self.log_outcome(&action, None, 0.0);
-                ActionResult {
-                    action,
-                    error: None,
-                    failure: None,
-                    seconds: 0.0,
-                }
-            })
-            .collect())
-    }
-
-    fn log_outcome(&self, action: &Action, error: Option<&str>, seconds: f64) {
-        let name = action.name.clone().unwrap_or_default();
-        match error {
-            Some(e) => tracing::error!(
-                job = %self.job.name, image = %name, source_id = %action.source_id,
-                target = %action.target, result = "failed",
-                "{} of '{name}' on {} failed: {e}", action.describe(), action.target
-            ),
-            None if action.writes() => tracing::info!(
-                job = %self.job.name, image = %name, source_id = %action.source_id,
-                target = %action.target, result = result_word(&action.kind),
-                size = action.size.unwrap_or(0), seconds = format_args!("{seconds:.1}"),
-                "'{name}' on {}: {}", action.target, action.describe()
-            ),
-            None => tracing::info!(
-                job = %self.job.name, image = %name, source_id = %action.source_id,
-                target = %action.target, result = result_word(&action.kind),
-                size = action.size.unwrap_or(0),
-                "'{name}' on {}: {}", action.target, action.describe()
-            ),
+        state.record_outcomes(&job.name, &job.source, rows)?;
+        for action in chunk {
+            log_outcome(job, action, None, 0.0);
         }
+    }
+    Ok(())
+}
+
+fn log_outcome(job: &Job, action: &Action, error: Option<&str>, seconds: f64) {
+    let name = action.name.clone().unwrap_or_default();
+    match error {
+        Some(e) => tracing::error!(
+            job = %job.name, image = %name, source_id = %action.source_id,
+            target = %action.target, result = "failed",
+            "{} of '{name}' on {} failed: {e}", action.describe(), action.target
+        ),
+        None if action.writes() => tracing::info!(
+            job = %job.name, image = %name, source_id = %action.source_id,
+            target = %action.target, result = result_word(&action.kind),
+            size = action.size.unwrap_or(0), seconds = format_args!("{seconds:.1}"),
+            "'{name}' on {}: {}", action.target, action.describe()
+        ),
+        // One line per image and target found in sync would flood the log of a large cloud at
+        // every run: those are for -v (the run's summary counts them).
+        None if matches!(action.kind, ActionKind::InSync { .. }) => tracing::debug!(
+            job = %job.name, image = %name, source_id = %action.source_id,
+            target = %action.target, result = result_word(&action.kind),
+            size = action.size.unwrap_or(0),
+            "'{name}' on {}: {}", action.target, action.describe()
+        ),
+        None => tracing::info!(
+            job = %job.name, image = %name, source_id = %action.source_id,
+            target = %action.target, result = result_word(&action.kind),
+            size = action.size.unwrap_or(0),
+            "'{name}' on {}: {}", action.target, action.describe()
+        ),
     }
 }
 

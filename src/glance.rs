@@ -19,6 +19,14 @@ const PATCH_MEDIA_TYPE: &str = "application/openstack-images-v2.1-json-patch";
 /// Glance caps `limit` at 1000 silently; asking for it saves round trips on big clouds.
 const PAGE_LIMIT: usize = 1000;
 
+/// One page of `GET /v2/images`.
+#[derive(serde::Deserialize)]
+struct Page {
+    images: Vec<Image>,
+    #[serde(default)]
+    next: Option<String>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum GlanceError {
     #[error(transparent)]
@@ -89,6 +97,21 @@ impl GlanceClient {
     pub async fn list_images(&self) -> Result<Vec<Image>, GlanceError> {
         let mut seen = HashSet::new();
         let mut images = Vec::new();
+        self.list_images_paged(|page| {
+            images.extend(page.into_iter().filter(|i| seen.insert(i.id.clone())));
+            Ok::<_, GlanceError>(())
+        })
+        .await?;
+        Ok(images)
+    }
+
+    /// Every image the credentials can see, handed to `on_page` one page at a time, so that a
+    /// caller can keep memory bounded by the page size. An image whose `os_hidden` flips between
+    /// the two passes may be handed over twice: the caller keeps the first.
+    pub async fn list_images_paged<E: From<GlanceError>>(
+        &self,
+        mut on_page: impl FnMut(Vec<Image>) -> Result<(), E>,
+    ) -> Result<(), E> {
         // The default listing hides os_hidden images and other projects' community images (quirk
         // 10): one pass per value of the os_hidden filter, both with visibility=all.
         for hidden in ["false", "true"] {
@@ -98,38 +121,35 @@ impl GlanceClient {
             let mut markers = HashSet::new();
             while let Some(path) = next.take() {
                 let operation = "list images";
-                let page: Value = self
+                let body = self
                     .call(operation, Method::GET, |b| b, &path)
                     .await?
-                    .json()
+                    .bytes()
                     .await
-                    .map_err(|e| self.protocol(operation, format!("page is not JSON: {e}")))?;
-                let items = page
-                    .get("images")
-                    .and_then(Value::as_array)
-                    .ok_or_else(|| {
-                        self.protocol(operation, format!("page {path} has no 'images' array"))
-                    })?;
-                for item in items {
-                    let image: Image = serde_json::from_value(item.clone()).map_err(|e| {
-                        self.protocol(operation, format!("image entry not understood: {e}"))
-                    })?;
-                    if seen.insert(image.id.clone()) {
-                        images.push(image);
-                    }
-                }
-                if let Some(link) = page.get("next").and_then(Value::as_str) {
+                    .map_err(|e| self.protocol(operation, format!("page not read: {e}")))?;
+                // Straight into images: a page of 1000 is not built as a JSON tree first. Only
+                // a page that does not parse so is looked at again, to say what is wrong.
+                let page: Page = match serde_json::from_slice(&body) {
+                    Ok(page) => page,
+                    Err(e) => return Err(self.page_error(operation, &path, &body, e).into()),
+                };
+                on_page(page.images)?;
+                if let Some(link) = page.next.as_deref() {
+                    // A repeated link means a server paging in circles; a listing can never be
+                    // longer than that, so the guard costs one string per page, not per image.
                     if !markers.insert(link.to_string()) {
-                        return Err(self.protocol(
-                            operation,
-                            format!("'next' link {link} repeats: paging would never end"),
-                        ));
+                        return Err(self
+                            .protocol(
+                                operation,
+                                format!("'next' link {link} repeats: paging would never end"),
+                            )
+                            .into());
                     }
                     next = Some(link.to_string());
                 }
             }
         }
-        Ok(images)
+        Ok(())
     }
 
     /// One cheap authenticated call, to show that the endpoint answers as Glance v2.
@@ -576,6 +596,30 @@ impl GlanceClient {
             operation: operation.to_string(),
             message: format!("{cause}; {advice}"),
         }
+    }
+
+    /// What is wrong with a page of the image listing that did not parse.
+    fn page_error(
+        &self,
+        operation: &str,
+        path: &str,
+        body: &[u8],
+        error: serde_json::Error,
+    ) -> GlanceError {
+        let message = match serde_json::from_slice::<Value>(body) {
+            Err(e) => format!("page is not JSON: {e}"),
+            Ok(page) => match page.get("images").and_then(Value::as_array) {
+                None => format!("page {path} has no 'images' array"),
+                Some(items) => items
+                    .iter()
+                    .find_map(|item| serde_json::from_value::<Image>(item.clone()).err())
+                    .map_or_else(
+                        || format!("page {path} not understood: {error}"),
+                        |e| format!("image entry not understood: {e}"),
+                    ),
+            },
+        };
+        self.protocol(operation, message)
     }
 
     pub(crate) fn protocol(&self, operation: &str, message: String) -> GlanceError {

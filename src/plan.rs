@@ -81,6 +81,15 @@ pub struct PlanInput<'a> {
     pub projects: &'a BTreeMap<String, String>,
     /// Image members, fetched only for targets whose rules copy them.
     pub members: &'a Members,
+    /// The image names this call plans for (everything in the plan that follows from an image
+    /// of another name is left out of it). The images of other names given are context: the
+    /// copies, sources and references of the planned ones, planned in a call of their own.
+    pub scope: &'a (dyn Fn(Option<&str>) -> bool + Sync),
+}
+
+/// A [`PlanInput::scope`] that plans for every image given.
+pub fn every_name(_: Option<&str>) -> bool {
+    true
 }
 
 /// The members of images, as far as the plan needs them. An image missing here has members
@@ -734,15 +743,21 @@ fn copy_id(
     }
 }
 
-pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
+/// `new_id(target, source id)` names a new copy: it must give the same id for the same pair
+/// throughout a run, so that plans of different names (a scope each) agree on the id of a copy
+/// that another image refers to (`kernel_id`, `ramdisk_id`).
+pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut(&str, &str) -> String) -> Plan {
     let job = input.job;
+    let scope = input.scope;
     let own_project = input.projects.get(&job.source).map(String::as_str);
     let mut left_out = Vec::new();
     let mut sources: Vec<&Image> = Vec::new();
     let mut not_selected = 0;
     for image in input.source_images {
         if !job.filter.selects(image) {
-            not_selected += 1;
+            if scope(image.name.as_deref()) {
+                not_selected += 1;
+            }
         } else if let Some(reason) = other_project(image, job, own_project) {
             left_out.push(LeftOut {
                 source_id: image.id.clone(),
@@ -842,7 +857,7 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
             if let Some(f) = &o.in_flight {
                 in_flight.insert((&o.source_cloud, &o.source_id), (img, f));
             } else if o.belongs_to(job) {
-                if left_out_ids.contains(o.source_id.as_str()) {
+                if left_out_ids.contains(o.source_id.as_str()) && scope(img.name.as_deref()) {
                     copies_left_out.push(CopyLeftOut {
                         target: target.clone(),
                         target_id: img.id.clone(),
@@ -975,7 +990,9 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
                 let holder = by_id
                     .get(s.id.as_str())
                     .map(|h| (*h, input.ledger.owned(target, &h.id)));
-                match copy_id(s, policy.preserve_ids, holder, new_id) {
+                match copy_id(s, policy.preserve_ids, holder, &mut || {
+                    new_id(target, &s.id)
+                }) {
                     Ok(id) => Decision::Copy(id),
                     Err(IdVerdict::Refused(reason)) => Decision::Refused(reason),
                     Err(IdVerdict::Wait(reason)) => Decision::Skip(reason),
@@ -1131,6 +1148,11 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut() -> String) -> Plan {
         }
     }
 
+    // Everything above follows from one image's name (the source's, or the target image's for
+    // cleanup and pruning), which `Action::name` carries.
+    actions.retain(|a| scope(a.name.as_deref()));
+    unadopted.retain(|u| scope(u.name.as_deref()));
+    left_out.retain(|l| scope(l.name.as_deref()));
     actions.extend(prune(input, &listed, &taken_over));
 
     Plan {
@@ -1178,6 +1200,9 @@ fn prune(
             continue;
         };
         for img in images {
+            if !(input.scope)(img.name.as_deref()) {
+                continue;
+            }
             let Some(owned) = input.ledger.owned(target, &img.id) else {
                 continue;
             };
@@ -1213,22 +1238,40 @@ fn prune(
             });
         }
     }
-    // A source that suddenly lists nothing (a wrong project, a broken endpoint) must not hide or
-    // delete every copy: hiding is as visible to users as deleting.
-    if actions.len() > policy.max_deletes {
+    refuse_prunes_over_max(job, &mut actions);
+    actions
+}
+
+/// A source that suddenly lists nothing (a wrong project, a broken endpoint) must not hide or
+/// delete every copy: hiding is as visible to users as deleting. When more than `max_deletes`
+/// copies would be pruned, none is. Applied to each plan, and again to the prunes of all plans
+/// of a job's run when it was planned a range of names at a time.
+pub fn refuse_prunes_over_max(job: &Job, actions: &mut [Action]) {
+    let policy = &job.prune;
+    let prunes = actions
+        .iter()
+        .filter(|a| {
+            matches!(
+                a.kind,
+                ActionKind::Prune { .. } | ActionKind::PruneRefused { .. }
+            )
+        })
+        .count();
+    if prunes > policy.max_deletes {
         let verb = if policy.mode == PruneMode::Delete {
             "deleted"
         } else {
             "hidden"
         };
         let reason = format!(
-            "{} copies would be {verb}, more than max_deletes = {}; nothing is pruned. Check \
-             that the source lists every image, then raise max_deletes for one run",
-            actions.len(),
+            "{prunes} copies would be {verb}, more than max_deletes = {}; nothing is pruned. \
+             Check that the source lists every image, then raise max_deletes for one run",
             policy.max_deletes
         );
-        for a in &mut actions {
-            if let ActionKind::Prune { target_id, .. } = &a.kind {
+        for a in actions.iter_mut() {
+            if let ActionKind::Prune { target_id, .. }
+            | ActionKind::PruneRefused { target_id, .. } = &a.kind
+            {
                 a.kind = ActionKind::PruneRefused {
                     target_id: target_id.clone(),
                     reason: reason.clone(),
@@ -1236,7 +1279,6 @@ fn prune(
             }
         }
     }
-    actions
 }
 
 #[cfg(test)]
@@ -1281,8 +1323,9 @@ mod tests {
                 ledger,
                 projects: &BTreeMap::new(),
                 members: &Members::default(),
+                scope: &every_name,
             },
-            &mut || ids.next(),
+            &mut |_, _| ids.next(),
         )
     }
 
@@ -1971,8 +2014,9 @@ mod tests {
                 ledger,
                 projects: &projects,
                 members: &Members::default(),
+                scope: &every_name,
             },
-            &mut || "new".to_string(),
+            &mut |_, _| "new".to_string(),
         )
     }
 
@@ -2375,8 +2419,9 @@ mod tests {
                 ledger: &ledger,
                 projects: &BTreeMap::new(),
                 members: &members,
+                scope: &every_name,
             },
-            &mut || "new".to_string(),
+            &mut |_, _| "new".to_string(),
         )
     }
 

@@ -408,6 +408,73 @@ impl State {
         })
     }
 
+    /// How far the ledger has been written (its newest row's number): see
+    /// [`record_copy_started`](Self::record_copy_started).
+    pub fn ledger_mark(&self) -> Result<i64, StateError> {
+        self.with(|c| {
+            c.query_row(
+                "SELECT COALESCE(MAX(rowid), 0) FROM owned_images",
+                [],
+                |r| r.get(0),
+            )
+        })
+    }
+
+    /// The part of the ledger that planning a batch of images needs: on `target`, the rows of
+    /// images `target_ids`, and of every copy (any job's, in flight or not) of `source_ids` of
+    /// `source_cloud`. Two indexed queries, whatever the ledger's size.
+    pub fn ledger_slice(
+        &self,
+        target: &str,
+        target_ids: &[&str],
+        source_cloud: &str,
+        source_ids: &[&str],
+    ) -> Result<Vec<(String, OwnedImage)>, StateError> {
+        let live = self.runs_are_live();
+        let ids = |ids: &[&str]| serde_json::to_string(ids).expect("strings serialise");
+        self.with(|c| {
+            let mut rows = Vec::new();
+            let columns = "o.target_id, o.job, o.source_cloud, o.source_id, r.id, r.job
+                 FROM owned_images o
+                 LEFT JOIN runs r ON r.id = o.in_flight_run AND r.result = 'running'";
+            let mut by_target = c.prepare_cached(&format!(
+                "SELECT {columns} WHERE o.target_cloud = ?1 AND o.deleted_at IS NULL
+                   AND o.target_id IN (SELECT value FROM json_each(?2))"
+            ))?;
+            let mut by_source = c.prepare_cached(&format!(
+                "SELECT {columns} WHERE o.target_cloud = ?1 AND o.deleted_at IS NULL
+                   AND o.source_cloud = ?2 AND o.source_id IN (SELECT value FROM json_each(?3))"
+            ))?;
+            let row = |r: &rusqlite::Row| {
+                let in_flight = match (r.get::<_, Option<i64>>(4)?, r.get::<_, Option<String>>(5)?)
+                {
+                    (Some(run_id), Some(job)) if live => Some(InFlight { job, run_id }),
+                    _ => None,
+                };
+                Ok((
+                    r.get::<_, String>(0)?,
+                    OwnedImage {
+                        job: r.get(1)?,
+                        source_cloud: r.get(2)?,
+                        source_id: r.get(3)?,
+                        in_flight,
+                    },
+                ))
+            };
+            if !target_ids.is_empty() {
+                for r in by_target.query_map(params![target, ids(target_ids)], row)? {
+                    rows.push(r?);
+                }
+            }
+            if !source_ids.is_empty() {
+                for r in by_source.query_map(params![target, source_cloud, ids(source_ids)], row)? {
+                    rows.push(r?);
+                }
+            }
+            Ok(rows)
+        })
+    }
+
     /// Records a copy about to be created, before the create call: if we crash after it, the next
     /// run knows the image is ours and can clean it up. Until [`copy_settled`](Self::copy_settled)
     /// or the end of `run`, the image is in flight.

@@ -1650,3 +1650,51 @@ async fn stuck_saving_image_rejects_uploads_like_a_crashed_worker() {
         .unwrap();
     assert_eq!(del.status(), StatusCode::NO_CONTENT);
 }
+
+/// Walks every page of `query` (limit 3) and returns the ids in listing order.
+async fn walk(g: &FakeGlance, c: &reqwest::Client, query: &str) -> Vec<String> {
+    let mut all = Vec::new();
+    let mut next = Some(format!("/v2/images?{query}&limit=3"));
+    while let Some(path) = next.take() {
+        let (status, page) = list(g, c, &path).await;
+        assert_eq!(status, StatusCode::OK);
+        all.extend(ids(&page));
+        next = page["next"].as_str().map(str::to_owned);
+    }
+    all
+}
+
+#[tokio::test]
+async fn a_cached_listing_pages_exactly_as_an_uncached_one() {
+    let plain = FakeGlance::start().await;
+    let cached = FakeGlance::start_with(FakeOptions {
+        cache_listings: true,
+        ..Default::default()
+    })
+    .await;
+    let c = client();
+    for g in [&plain, &cached] {
+        for name in ["b", "a", "c", "a", "e", "d", "b"] {
+            create(g, &c, json!({"name": name})).await;
+        }
+    }
+    let order = |g: &FakeGlance, ids: &[String]| -> Vec<String> {
+        ids.iter()
+            .map(|id| g.image(id).unwrap()["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    for query in [
+        "visibility=all",
+        "sort=name:asc",
+        "sort_key=name&sort_dir=desc",
+    ] {
+        let a = walk(&plain, &c, query).await;
+        let b = walk(&cached, &c, query).await;
+        assert_eq!(a.len(), 7);
+        assert_eq!(order(&plain, &a), order(&cached, &b), "{query}");
+    }
+    // A write is seen by the next listing.
+    create(&cached, &c, json!({"name": "0-new"})).await;
+    let b = walk(&cached, &c, "sort=name:asc").await;
+    assert_eq!(order(&cached, &b)[0], "0-new");
+}

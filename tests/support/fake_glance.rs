@@ -98,6 +98,10 @@ pub struct FakeOptions {
     /// instead, so the fake receives faster than a client can send. The bytes are then not
     /// checked at all. Uploads of an undeclared size are hashed as usual.
     pub hash_uploads: bool,
+    /// true (benchmarks of 100,000s of images): a listing's order is computed once and kept
+    /// until the next write request or added image, so that a page costs O(page), not a sort
+    /// of the whole cloud, as Glance's indexed query does. Answers stay the same.
+    pub cache_listings: bool,
 }
 
 impl Default for FakeOptions {
@@ -106,6 +110,7 @@ impl Default for FakeOptions {
             hash_algo: "sha512".to_owned(),
             store_data: true,
             hash_uploads: true,
+            cache_listings: false,
         }
     }
 }
@@ -278,6 +283,7 @@ impl FakeGlance {
             algo,
             store_data: opts.store_data,
             hash_uploads: opts.hash_uploads,
+            cache_listings: opts.cache_listings,
             addr: addr.to_string(),
             inner: Mutex::new(Inner::default()),
             bytes_served: AtomicU64::new(0),
@@ -603,6 +609,7 @@ struct Shared {
     algo: HashAlgo,
     store_data: bool,
     hash_uploads: bool,
+    cache_listings: bool,
     addr: String,
     inner: Mutex<Inner>,
     bytes_served: AtomicU64,
@@ -632,6 +639,16 @@ struct Inner {
     upload_seq: u64,
     /// `declare_upload`: (size, algorithm) → (md5, multihash) recorded for such uploads.
     declared_uploads: HashMap<(u64, HashAlgo), (String, String)>,
+    list_cache: Option<ListCache>,
+}
+
+/// One listing's order (`FakeOptions::cache_listings`): the ids matching its filters, sorted,
+/// valid while `stamp` holds.
+struct ListCache {
+    query: String,
+    stamp: (usize, usize, u64),
+    ids: Vec<String>,
+    position: HashMap<String, usize>,
 }
 
 impl Inner {
@@ -2436,7 +2453,50 @@ async fn list_images(State(s): State<Arc<Shared>>, uri: Uri) -> Result<Response,
         }
     }
 
-    let inner = s.lock();
+    let mut guard = s.lock();
+    if s.cache_listings {
+        let query = urlencode(
+            &dict
+                .iter()
+                .filter(|(k, _)| k != "marker" && k != "limit")
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        let inner = &mut *guard;
+        let stamp = (inner.write_requests, inner.images.len(), inner.last_micros);
+        if !inner
+            .list_cache
+            .as_ref()
+            .is_some_and(|c| c.query == query && c.stamp == stamp)
+        {
+            let mut rows: Vec<&Image> = inner
+                .images
+                .values()
+                .filter(|img| filters.matches(img))
+                .collect();
+            rows.sort_by(|a, b| cmp_listing(a, b, &sort_keys));
+            let ids: Vec<String> = rows.iter().map(|i| i.id.clone()).collect();
+            let position = ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| (id.clone(), i))
+                .collect();
+            inner.list_cache = Some(ListCache {
+                query,
+                stamp,
+                ids,
+                position,
+            });
+        }
+    }
+    let inner = &*guard;
+    // The cache holds this query's order (just checked); a marker outside it (filtered out)
+    // takes the uncached path.
+    let cached_start = match (&inner.list_cache, &marker) {
+        (Some(_), None) if s.cache_listings => Some(0),
+        (Some(c), Some(m)) if s.cache_listings => c.position.get(m).map(|p| p + 1),
+        _ => None,
+    };
     let marker_img = match &marker {
         Some(m) => Some(
             inner
@@ -2446,16 +2506,29 @@ async fn list_images(State(s): State<Arc<Shared>>, uri: Uri) -> Result<Response,
         ),
         None => None,
     };
-    let mut rows: Vec<&Image> = inner
-        .images
-        .values()
-        .filter(|img| filters.matches(img))
-        .filter(|img| {
-            marker_img.is_none_or(|m| cmp_listing(img, m, &sort_keys) == CmpOrdering::Greater)
-        })
-        .collect();
-    rows.sort_by(|a, b| cmp_listing(a, b, &sort_keys));
-    rows.truncate(limit as usize);
+    let rows: Vec<&Image> = match (cached_start, &inner.list_cache) {
+        (Some(start), Some(c)) => c
+            .ids
+            .iter()
+            .skip(start)
+            .take(limit as usize)
+            .filter_map(|id| inner.images.get(id))
+            .collect(),
+        _ => {
+            let mut rows: Vec<&Image> = inner
+                .images
+                .values()
+                .filter(|img| filters.matches(img))
+                .filter(|img| {
+                    marker_img
+                        .is_none_or(|m| cmp_listing(img, m, &sort_keys) == CmpOrdering::Greater)
+                })
+                .collect();
+            rows.sort_by(|a, b| cmp_listing(a, b, &sort_keys));
+            rows.truncate(limit as usize);
+            rows
+        }
+    };
 
     let mut link_params: Vec<(String, String)> = dict
         .iter()
