@@ -82,6 +82,8 @@ struct Args {
     peer_in_memory: bool,
     /// Another glance-sync binary to measure (e.g. a build with an engine change).
     exe: Option<PathBuf>,
+    /// (2p): the previous release's binary, measured in (2)'s repetitions beside this one.
+    previous: Option<PathBuf>,
 }
 
 const USAGE: &str = "\
@@ -103,6 +105,8 @@ cargo bench --bench sync -- [OPTIONS]
                         (default 1000000)
   --no-peer-in-memory   skip (3b), the peer downloading into memory (2 × the image in RAM)
   --glance-sync PATH    measure this glance-sync binary instead of this build's (A/B of a change)
+  --previous PATH       also copy (2) with this binary (the previous release) in each repetition,
+                        and judge the speed-up on the pairs, (2p)
   --only LIST           comma-separated subset of: hash,copy,peer,real,noop,plan,parallel,fanout,
                         firstrun,bandwidth,scale,million
 ";
@@ -127,6 +131,7 @@ fn parse_args() -> Args {
         only: Vec::new(),
         peer_in_memory: true,
         exe: None,
+        previous: None,
     };
     let mut explicit: Vec<&str> = Vec::new();
     let mut it = argv.iter();
@@ -176,6 +181,9 @@ fn parse_args() -> Args {
             "--no-peer-in-memory" => a.peer_in_memory = false,
             "--glance-sync" => {
                 a.exe = Some(PathBuf::from(it.next().unwrap_or_else(|| die(USAGE))));
+            }
+            "--previous" => {
+                a.previous = Some(PathBuf::from(it.next().unwrap_or_else(|| die(USAGE))));
             }
             "--only" => {
                 let list = it.next().unwrap_or_else(|| die(USAGE));
@@ -1200,6 +1208,7 @@ fn main() {
     let mut paired_guide_ratio = None;
     let mut copy_mbps = None;
     let mut copy_rss = None;
+    let mut paired_previous_ratio = None;
     let mut peer_mbps_med = None;
     if args.wants("hash") || args.wants("copy") || args.wants("peer") {
         let hash_data = args.wants("hash").then(|| {
@@ -1230,6 +1239,7 @@ fn main() {
         };
         let (mut both, mut md5s, mut shas) = (vec![], vec![], vec![]);
         let (mut gs, mut gs_cpu, mut gs_rss, mut fake_cpu) = (vec![], vec![], vec![], vec![]);
+        let (mut prev, mut prev_cpu) = (vec![], vec![]);
         let mut gs_logged = vec![];
         let mut candidates: std::collections::BTreeMap<(&str, &str), Vec<f64>> =
             std::collections::BTreeMap::new();
@@ -1277,6 +1287,21 @@ fn main() {
                     r.cpu / gb,
                     r.peak_rss_mib
                 );
+                if let Some(previous) = &args.previous {
+                    let target = fast_target(&rt, &[&data]);
+                    let dir = subdir(base, &format!("copy-previous-{i}"));
+                    let cfg = src_to_dst_config(&dir, &source.url, &target.url, "");
+                    let r = run_child(glance_sync_run(previous, &cfg), &dir, "previous");
+                    r.check("the previous release's glance-sync run");
+                    assert_copied(&target, "big", &original);
+                    prev.push(mbps(size, r.wall));
+                    prev_cpu.push(r.cpu / gb);
+                    eprintln!(
+                        "[bench]   rep {i}: previous release {:.0} MB/s, {:.2} CPU-s/GB",
+                        mbps(size, r.wall),
+                        r.cpu / gb
+                    );
+                }
             }
             if let Some(py) = &py {
                 let target = fast_target(&rt, &[&data]);
@@ -1325,6 +1350,20 @@ fn main() {
             (!r.is_empty()).then(|| median(&r))
         };
         paired_hash_ratio = paired(&gs, &both);
+        paired_previous_ratio = paired(&gs, &prev);
+        if let (false, Some(previous)) = (prev.is_empty(), &args.previous) {
+            let (lo, hi) = range(&prev);
+            rep.row(
+                "2p",
+                &format!("the previous release, {} MiB, fake → fake", args.size_mib),
+                format!("{:.0} MB/s", median(&prev)),
+                format!(
+                    "range {lo:.0}–{hi:.0}; {:.2} CPU-s/GB; {}",
+                    median(&prev_cpu),
+                    previous.display()
+                ),
+            );
+        }
         paired_peer_ratio = paired(&gs, &peer);
         let guide = PEER_VARIANTS
             .iter()
@@ -2015,6 +2054,13 @@ fn main() {
             meaningful(c / sha >= 0.85),
         );
     }
+    if let Some(r) = paired_previous_ratio {
+        rep.target(
+            "(2) ≥ 1.8 × the previous release (2p)",
+            format!("{r:.2} × (median of per-rep ratios)"),
+            meaningful(r >= 1.8),
+        );
+    }
     if let Some(cpu) = copy_cpu_per_gb {
         rep.target(
             "(2) ≤ 1.6 CPU-s/GB",
@@ -2041,16 +2087,16 @@ fn main() {
     }
     if let Some(r) = real_ratio {
         rep.target(
-            "(4) glance-sync ≥ 0.95 × curl pipe (the faster unverified variant)",
+            "(4) glance-sync ≥ 1.0 × curl pipe (the faster unverified variant)",
             format!("{r:.2} ×"),
-            meaningful(r >= 0.95),
+            meaningful(r >= 1.0),
         );
     }
     if let Some(r) = copy_rss {
         rep.target(
-            "peak RSS ≤ 64 MiB in (2)",
+            "peak RSS ≤ 32 MiB in (2)",
             format!("{r:.1} MiB"),
-            meaningful(r <= 64.0),
+            meaningful(r <= 32.0),
         );
     }
     if let Some((_, r)) = par {
@@ -2062,18 +2108,19 @@ fn main() {
     }
     if let Some((w, n)) = noop {
         rep.target(
-            "(5) ≤ 2 s wall and ≤ 25 HTTP requests",
+            "(5) ≤ 0.5 s wall and ≤ 24 HTTP requests",
             format!("{w:.2} s, {n:.0} requests"),
-            meaningful(w <= 2.0 && n <= 25.0),
+            meaningful(w <= 0.5 && n <= 24.0),
         );
     }
     if let Some(w) = firstrun {
         let n = args.firstrun_images;
-        // The issue's target: 15 s for 100,000 images on each of 4 targets, ~27,000 rows/s.
+        // Shown only: the issue's target (15 s for 100,000 images on each of 4 targets) is
+        // judged on row 10, which runs exactly that.
         rep.target(
-            "(8) ≥ 27,000 rows/s",
+            "(8) rows recorded per second (shown only; (10) is the target)",
             format!("{:.0} rows/s", n as f64 / w),
-            meaningful(n as f64 / w >= 27_000.0),
+            None,
         );
     }
     if let Some((first, first_rss, noop, noop_rss)) = scale {

@@ -484,8 +484,11 @@ async fn adopt(config: &Config, jobs: &[String], yes: bool) -> Result<ExitCode, 
     let mut unreachable = false;
     for job in &jobs {
         // Read again per job: an image adopted for one job is no longer unadopted for the next.
+        // Only the unadopted images matter here: in-sync and skipped ones are not kept.
+        let mut forget = |_: &std::collections::HashMap<&str, &glance_sync::image::Image>,
+                          _: Vec<glance_sync::plan::Action>| Ok(());
         let (p, _) = engine
-            .plan_job(job, writer.as_ref().or(reader.as_ref()), None)
+            .plan_job(job, writer.as_ref().or(reader.as_ref()), Some(&mut forget))
             .await
             .map_err(failed)?;
         unreachable |= !p.unreachable_targets.is_empty();

@@ -102,8 +102,8 @@ impl JobReport {
     }
 }
 
-/// How many (source image, target) pairs a run found in sync, or skipped (in flight elsewhere
-/// included), without calling any cloud.
+/// How many (source image, target) pairs a run found in sync, or skipped, without calling any
+/// cloud.
 #[derive(Debug, Default, Clone, Copy, Serialize)]
 pub struct Bookkept {
     pub in_sync: u64,
@@ -342,6 +342,9 @@ impl Engine {
         };
         let mut next = ranges.first().map(read_ahead);
         for (i, range) in ranges.iter().enumerate() {
+            // Let a signal's `select!` in the caller see it between two ranges: everything below
+            // may complete without ever waiting.
+            tokio::task::yield_now().await;
             let in_range = next
                 .take()
                 .expect("each range is read ahead")
@@ -580,7 +583,9 @@ impl Engine {
             "interrupted"
         } else if failed == 0 && !unreachable {
             "success"
-        } else if results.iter().any(|r| r.error.is_none()) {
+        } else if results.iter().any(|r| r.error.is_none())
+            || bookkept.in_sync + bookkept.skipped > 0
+        {
             "partial"
         } else {
             "failure"

@@ -26,9 +26,9 @@ use crate::plan::{Ledger, OwnedImage};
 #[derive(Debug, thiserror::Error)]
 pub enum ListingError {
     #[error(
-        "cannot keep the image listing in a temporary file ({0}): the directory named by \
-         SQLITE_TMPDIR or TMPDIR (else /var/tmp or /tmp) must be writable and have room for \
-         about 1 KB per image listed"
+        "cannot keep the image listing in a temporary file: {0} (it goes to the directory named \
+         by SQLITE_TMPDIR or TMPDIR, else /var/tmp or /tmp, which must be writable and have room \
+         for about 1 KB per image listed)"
     )]
     Spill(#[from] rusqlite::Error),
     #[error("an image kept in the temporary listing cannot be read back: {0}")]
@@ -645,19 +645,23 @@ mod tests {
         job: &Job,
         source: &[Image],
         targets: &[(&str, Vec<Image>)],
-        ledger_rows: &[(&str, &str, &str)],
+        ledger_rows: &[(&str, &str, &str, Option<&str>)],
         rows: usize,
     ) -> (Vec<String>, Vec<String>) {
-        use crate::plan::{Members, PlanInput, every_name, plan, refuse_prunes_over_max};
-        let owned = |source_id: &str| OwnedImage {
-            job: Some(job.name.clone()),
+        use crate::plan::{InFlight, Members, PlanInput, every_name, plan, refuse_prunes_over_max};
+        // A row of this job's, or of another job's copy in flight.
+        let owned = |source_id: &str, in_flight: Option<&str>| OwnedImage {
+            job: Some(in_flight.unwrap_or(&job.name).to_string()),
             source_cloud: job.source.clone(),
             source_id: source_id.into(),
-            in_flight: None,
+            in_flight: in_flight.map(|j| InFlight {
+                job: j.to_string(),
+                run_id: 7,
+            }),
         };
         let mut ledger = Ledger::default();
-        for (t, id, sid) in ledger_rows {
-            ledger.record(t, id, owned(sid));
+        for (t, id, sid, f) in ledger_rows {
+            ledger.record(t, id, owned(sid, *f));
         }
         let target_images: BTreeMap<String, Vec<Image>> = targets
             .iter()
@@ -683,7 +687,7 @@ mod tests {
             out.extend(
                 p.unadopted
                     .iter()
-                    .map(|u| format!("unadopted {}", u.target_id)),
+                    .map(|u| format!("unadopted {} {}", u.target_id, u.verdict)),
             );
             out.extend(
                 p.left_out
@@ -717,10 +721,10 @@ mod tests {
             Ok::<_, ListingError>(
                 ledger_rows
                     .iter()
-                    .filter(|(lt, id, sid)| {
+                    .filter(|(lt, id, sid, _)| {
                         *lt == t && (target_ids.contains(id) || source_ids.contains(sid))
                     })
-                    .map(|(_, id, sid)| (id.to_string(), owned(sid)))
+                    .map(|(_, id, sid, f)| (id.to_string(), owned(sid, *f)))
                     .collect(),
             )
         };
@@ -802,6 +806,10 @@ mod tests {
         let s10 = image("s10", "bad", "m10");
         let mut s11 = image("s11", "zz-not-selected", "m11");
         s11.status = "deactivated".into();
+        let mut nameless = image("s12", "x", "m12");
+        nameless.name = None;
+        let s13 = image("s13", "in-flight-source", "m13");
+        let s14 = image("s14", "wants-its-id", "m14");
         let source = vec![
             s1.clone(),
             s2.clone(),
@@ -814,31 +822,46 @@ mod tests {
             s9.clone(),
             s10.clone(),
             s11,
+            nameless,
+            s13,
+            s14,
         ];
         let a = vec![
             marked(image("t1", "ubuntu", "m1"), "s1"),
             marked(image("t2", "renamed-old", "m2"), "s2"),
             marked(image("t5", "orphan-name", "m5"), "gone"),
             marked(image("t6", "pruned", "m6"), "gone2"),
-            marked(image("u9", "ubuntu-9", "m9"), "s9"),
+            marked(image("u9", "ubuntu-9-renamed", "m9"), "s9"),
+            marked(image("t13", "another-jobs-copy", "m13"), "s13"),
         ];
         let mut foreign = image("f8", "foreign-img", "m8");
         foreign.owner = Some("someone".into());
+        let mut holder = image("s14", "holds-the-id", "other");
+        holder.owner = Some("someone".into());
         let b = vec![
             foreign,
+            holder,
             marked(image("t10", "bad", "other-data"), "s10"),
             marked(image("t12", "pruned-too", "m12"), "gone3"),
         ];
         let ledger = [
-            ("a", "t1", "s1"),
-            ("a", "t2", "s2"),
-            ("a", "t5", "gone"),
-            ("a", "t6", "gone2"),
-            ("b", "t10", "s10"),
-            ("b", "t12", "gone3"),
+            ("a", "t1", "s1", None),
+            ("a", "t2", "s2", None),
+            ("a", "t5", "gone", None),
+            ("a", "t6", "gone2", None),
+            ("b", "t10", "s10", None),
+            ("b", "t12", "gone3", None),
+            ("a", "t13", "s13", Some("other-job")),
         ];
         for max_deletes in [1, 10] {
-            let job = two_target_job(max_deletes);
+            let mut job = two_target_job(max_deletes);
+            job.policies.insert(
+                "b".into(),
+                crate::config::TargetPolicy {
+                    preserve_ids: crate::config::PreserveIds::Prefer,
+                    ..Default::default()
+                },
+            );
             let targets = [("a", a.clone()), ("b", b.clone())];
             for rows in [1, 2, 3, 5, 1000] {
                 let (whole, ranged) = whole_and_by_ranges(&job, &source, &targets, &ledger, rows);
@@ -858,6 +881,9 @@ mod tests {
                 "unadopted u9",
                 "s10@b: delete",
                 "new-a-k1",
+                "s12@a: copy",
+                "s13@a: in flight",
+                "new-b-s14",
             ] {
                 assert!(
                     whole.iter().any(|w| w.contains(expected)),
