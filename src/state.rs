@@ -379,20 +379,10 @@ impl State {
                  WHERE o.deleted_at IS NULL",
             )?;
             let rows = owned.query_map([], |r| {
-                let in_flight = match (r.get::<_, Option<i64>>(5)?, r.get::<_, Option<String>>(6)?)
-                {
-                    (Some(run_id), Some(job)) if live => Some(InFlight { job, run_id }),
-                    _ => None,
-                };
                 Ok((
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
-                    OwnedImage {
-                        job: r.get(2)?,
-                        source_cloud: r.get(3)?,
-                        source_id: r.get(4)?,
-                        in_flight,
-                    },
+                    owned_image(r, 2, live)?,
                 ))
             })?;
             for row in rows {
@@ -445,22 +435,7 @@ impl State {
                 "SELECT {columns} WHERE o.target_cloud = ?1 AND o.deleted_at IS NULL
                    AND o.source_cloud = ?2 AND o.source_id IN (SELECT value FROM json_each(?3))"
             ))?;
-            let row = |r: &rusqlite::Row| {
-                let in_flight = match (r.get::<_, Option<i64>>(4)?, r.get::<_, Option<String>>(5)?)
-                {
-                    (Some(run_id), Some(job)) if live => Some(InFlight { job, run_id }),
-                    _ => None,
-                };
-                Ok((
-                    r.get::<_, String>(0)?,
-                    OwnedImage {
-                        job: r.get(1)?,
-                        source_cloud: r.get(2)?,
-                        source_id: r.get(3)?,
-                        in_flight,
-                    },
-                ))
-            };
+            let row = |r: &rusqlite::Row| Ok((r.get::<_, String>(0)?, owned_image(r, 1, live)?));
             if !target_ids.is_empty() {
                 for r in by_target.query_map(params![target, ids(target_ids)], row)? {
                     rows.push(r?);
@@ -926,6 +901,25 @@ fn immutable_uri(db: &Path) -> Result<String, String> {
         .map_err(|()| format!("cannot turn {} into a file: URI", absolute.display()))?;
     url.set_query(Some("immutable=1"));
     Ok(url.to_string())
+}
+
+/// A ledger row read from the columns `o.job, o.source_cloud, o.source_id, r.id, r.job` (of
+/// `owned_images o LEFT JOIN runs r` on a running run) from `first` on. The copy is in flight
+/// only while that run is (`live`: someone holds the run lock).
+fn owned_image(r: &rusqlite::Row, first: usize, live: bool) -> rusqlite::Result<OwnedImage> {
+    let in_flight = match (
+        r.get::<_, Option<i64>>(first + 3)?,
+        r.get::<_, Option<String>>(first + 4)?,
+    ) {
+        (Some(run_id), Some(job)) if live => Some(InFlight { job, run_id }),
+        _ => None,
+    };
+    Ok(OwnedImage {
+        job: r.get(first)?,
+        source_cloud: r.get(first + 1)?,
+        source_id: r.get(first + 2)?,
+        in_flight,
+    })
 }
 
 /// The row of a (source image, target) pair after this run's `outcome`.
