@@ -95,6 +95,9 @@ pub struct Access {
     pub project_id: Option<String>,
     /// The token's role names; `None` without Keystone (unknown).
     pub roles: Option<Vec<String>>,
+    /// The catalog region of the image endpoint (or `region_name` with an endpoint override);
+    /// `None` without Keystone. Another region's Glance names this one by it (glance-download).
+    pub region: Option<String>,
 }
 
 impl Access {
@@ -165,6 +168,26 @@ impl CloudSession {
             metrics,
             cached: Mutex::new(None),
         })
+    }
+
+    /// The Keystone this cloud authenticates against (its v3 URL without credentials), `None`
+    /// without Keystone. Two clouds on the same Keystone can pull from each other.
+    pub fn keystone(&self) -> Option<String> {
+        let url = match &self.config.auth {
+            AuthConfig::None | AuthConfig::Token { auth_url: None, .. } => return None,
+            AuthConfig::Token {
+                auth_url: Some(url),
+                ..
+            } => url,
+            AuthConfig::Password { auth_url, .. } => auth_url,
+            AuthConfig::ApplicationCredential { auth_url, .. } => auth_url,
+        };
+        Some(without_userinfo(&keystone_v3(url)))
+    }
+
+    /// The endpoint interface this cloud uses (public, internal, admin).
+    pub fn interface(&self) -> &str {
+        &self.config.interface
     }
 
     pub fn http(&self) -> &reqwest::Client {
@@ -260,6 +283,7 @@ impl CloudSession {
                         token: None,
                         project_id: self.config.project_id.clone(),
                         roles: None,
+                        region: None,
                     },
                     expires_at: None,
                 });
@@ -275,6 +299,7 @@ impl CloudSession {
                         token: Some(token.clone()),
                         project_id: self.config.project_id.clone(),
                         roles: None,
+                        region: None,
                     },
                     expires_at: None,
                 });
@@ -388,9 +413,12 @@ impl CloudSession {
         let expires_at = body["token"]["expires_at"]
             .as_str()
             .and_then(|s| s.parse::<Timestamp>().ok());
-        let endpoint = match &self.config.image_endpoint_override {
-            Some(_) => self.override_endpoint(),
-            None => self.endpoint_from_catalog(&body["token"]["catalog"])?,
+        let (endpoint, region) = match &self.config.image_endpoint_override {
+            Some(_) => (self.override_endpoint(), self.config.region_name.clone()),
+            None => {
+                let (url, region) = self.endpoint_from_catalog(&body["token"]["catalog"])?;
+                (url, Some(region))
+            }
         };
         tracing::debug!(cloud = %self.name, %endpoint, expires_at = ?expires_at, "authenticated");
         // The owner glance-sync's images get; it decides whose images are "ours" (tenant rules).
@@ -407,6 +435,7 @@ impl CloudSession {
                 token: Some(token),
                 project_id,
                 roles,
+                region,
             },
             expires_at,
         })
@@ -416,7 +445,8 @@ impl CloudSession {
         normalise_endpoint(self.config.image_endpoint_override.as_deref().unwrap_or(""))
     }
 
-    fn endpoint_from_catalog(&self, catalog: &Value) -> Result<String, AuthError> {
+    /// The image endpoint this cloud's settings pick from the catalog, and its region.
+    fn endpoint_from_catalog(&self, catalog: &Value) -> Result<(String, String), AuthError> {
         let endpoints = catalog
             .as_array()
             .into_iter()
@@ -445,11 +475,11 @@ impl CloudSession {
             }
         }
         match matching.as_slice() {
-            [(_, url)] => return Ok(normalise_endpoint(url)),
+            [(region, url)] => return Ok((normalise_endpoint(url), region.to_string())),
             [(first_region, url), rest @ ..] => {
                 // Picking one region at random could copy images into the wrong one.
                 if rest.iter().all(|(r, _)| r == first_region) {
-                    return Ok(normalise_endpoint(url));
+                    return Ok((normalise_endpoint(url), first_region.to_string()));
                 }
                 return Err(AuthError::NoRegionChosen {
                     cloud: self.name.clone(),

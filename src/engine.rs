@@ -4,7 +4,7 @@
 //! to do, carries the actions out (copies through the transfer pipeline, patches and
 //! (de)activations through the Glance client) and records every outcome in the state database.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -13,13 +13,14 @@ use serde::Serialize;
 
 use crate::auth::{AuthError, CloudSession};
 use crate::bandwidth;
-use crate::config::{Config, Job};
+use crate::config::{Config, Job, TransferMethod};
 use crate::glance::{GlanceClient, GlanceError};
 use crate::image::Image;
 use crate::listing::{self, Listing, ListingError};
 use crate::metrics::Metrics;
 use crate::plan::{self, Action, ActionKind, Ledger, NewCopyId, Plan, PlanInput};
 use crate::progress::Progress;
+use crate::server_copy::{self, Route};
 use crate::state::{Outcome, RunSummary, State, StateError};
 use crate::transfer::{self, CopyTarget, FailureReason};
 use tokio_util::sync::CancellationToken;
@@ -130,6 +131,9 @@ pub struct ActionResult {
     /// For failed copies, why (a small fixed set, used as a metric label).
     #[serde(skip)]
     pub failure: Option<FailureReason>,
+    /// For copies, what moved the bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub method: Option<transfer::CopyMethod>,
     pub seconds: f64,
 }
 
@@ -199,6 +203,30 @@ impl Engine {
 
     pub fn client(&self, cloud: &str) -> &GlanceClient {
         &self.clients[cloud]
+    }
+
+    /// How this run copies to each target it has copies for (`transfer`): discovered once per
+    /// run, and only for targets that need it, so a run with nothing to copy asks nothing.
+    async fn routes(&self, job: &Job, actions: &[Action]) -> HashMap<String, Route> {
+        let targets: BTreeSet<&str> = actions
+            .iter()
+            .filter(|a| matches!(a.kind, ActionKind::Copy { .. }))
+            .map(|a| a.target.as_str())
+            .collect();
+        let source = self.client(&job.source);
+        let mut routes = HashMap::new();
+        for target in targets {
+            let wanted = job.policy(target).transfer;
+            let (route, why) = server_copy::discover(source, self.client(target), wanted).await;
+            if let Some(why) = why {
+                tracing::info!(job = %job.name, target, "transfer = \"auto\": streaming to {target}: {why}");
+            }
+            if let Route::Pull(from) = &route {
+                tracing::debug!(job = %job.name, target, region = %from.region, "{target} pulls from the source's region {} (glance-download)", from.region);
+            }
+            routes.insert(target.to_string(), route);
+        }
+        routes
     }
 
     /// Lists the job's source and targets into a [`Listing`], then plans a range of names at a
@@ -555,6 +583,7 @@ impl Engine {
             state.record_unadopted(&job.name, target, count)?;
             self.metrics.set_unadopted(&job.name, target, count);
         }
+        let routes = self.routes(job, &job_plan.plan.actions).await;
         let exec = Execution {
             engine: self,
             job,
@@ -563,6 +592,8 @@ impl Engine {
             state,
             sources: &sources,
             cancel,
+            routes,
+            streaming_instead: Default::default(),
         };
         let results = match exec.execute(job_plan.plan.actions).await {
             Ok(r) => r,
@@ -625,6 +656,10 @@ struct Execution<'a> {
     state: &'a State,
     sources: &'a HashMap<String, Image>,
     cancel: &'a CancellationToken,
+    /// How each target with copies to make is copied to this run.
+    routes: HashMap<String, Route>,
+    /// Targets whose pull failed this run for a reason a stream does not have.
+    streaming_instead: std::sync::Mutex<HashSet<String>>,
 }
 
 /// Rows of in-sync and skipped images written per transaction.
@@ -695,10 +730,37 @@ impl Execution<'_> {
                 id,
                 fallback_body,
                 members: _,
+                metadata: _,
             } = &action.kind
             else {
                 unreachable!("copy groups hold copies only")
             };
+            if let Some(Route::Refuse(reason)) = self.routes.get(&action.target) {
+                self.state.record_outcome(
+                    &self.job.name,
+                    &self.job.source,
+                    image,
+                    &action.target,
+                    Outcome::Failed {
+                        target_id: None,
+                        error: reason,
+                    },
+                )?;
+                tracing::error!(
+                    job = %self.job.name, image = image.name.as_deref().unwrap_or(""),
+                    source_id = %image.id, target = %action.target, result = "failed",
+                    "copy of '{}' ({}) to {} failed: {reason}",
+                    image.name.as_deref().unwrap_or(""), image.id, action.target
+                );
+                results.push(ActionResult {
+                    error: Some(reason.clone()),
+                    failure: Some(FailureReason::TargetImport),
+                    method: None,
+                    seconds: 0.0,
+                    action,
+                });
+                continue;
+            }
             // Every id the copy may get is in the ledger before the create call; an id the target
             // refuses is forgotten again afterwards.
             let record = |target_id: &str| {
@@ -748,6 +810,7 @@ impl Execution<'_> {
                     action,
                     error: None,
                     failure: None,
+                    method: None,
                     seconds: 0.0,
                 });
                 continue;
@@ -769,20 +832,7 @@ impl Execution<'_> {
         }
         let size = image.size.unwrap_or(0);
         let label = image.name.clone().unwrap_or_else(|| image.id.clone());
-        let bar = self.engine.progress.bar(&label, size);
-        let outcomes = transfer::copy_image(
-            self.engine.client(&self.job.source),
-            image,
-            targets,
-            &transfer::Settings {
-                bandwidth: self.engine.bandwidth.for_job(&self.job.name),
-                ..self.engine.settings.clone()
-            },
-            &bar,
-            self.cancel,
-        )
-        .await;
-        drop(bar);
+        let outcomes = self.transfer(image, &label, &group, targets).await;
         let seconds = started.elapsed().as_secs_f64();
 
         for action in group {
@@ -849,11 +899,13 @@ impl Execution<'_> {
                         target = %action.target,
                         target_id = %outcome.target_id,
                         result = "copied",
+                        method = outcome.method.as_str(),
                         size,
                         seconds = format_args!("{seconds:.1}"),
                         mb_per_s = format_args!("{:.1}", size as f64 / 1e6 / seconds.max(1e-9)),
-                        "copied '{label}' to {}: {:.1} MB in {seconds:.1} s ({:.1} MB/s), verified",
+                        "copied '{label}' to {} by {}: {:.1} MB in {seconds:.1} s ({:.1} MB/s), verified",
                         action.target,
+                        outcome.method.as_str(),
                         size as f64 / 1e6,
                         size as f64 / 1e6 / seconds.max(1e-9)
                     );
@@ -891,10 +943,138 @@ impl Execution<'_> {
                 action,
                 error,
                 failure,
+                method: Some(outcome.method),
                 seconds,
             });
         }
         Ok(results)
+    }
+
+    /// Moves one image's bytes to `targets` (in the order of `actions`), each by its route:
+    /// glance-sync streams to some while the others' Glance pulls; a pull that fails for a
+    /// reason a stream would not have (`transfer = "auto"`) is streamed into instead, and that
+    /// target is streamed to for the rest of the run.
+    async fn transfer(
+        &self,
+        image: &Image,
+        label: &str,
+        actions: &[Action],
+        targets: Vec<CopyTarget>,
+    ) -> Vec<transfer::CopyOutcome> {
+        let mut streams = Vec::new();
+        let mut pulls = Vec::new();
+        for (action, t) in actions.iter().zip(targets) {
+            match self.pull_route(&action.target) {
+                Some(from) => pulls.push((action, t, from)),
+                None => streams.push(t),
+            }
+        }
+        let pulled = futures_util::future::join_all(pulls.into_iter().map(|(action, t, from)| {
+            let ActionKind::Copy { metadata, .. } = &action.kind else {
+                unreachable!("copy groups hold copies only")
+            };
+            let policy = self.job.policy(&action.target);
+            async move {
+                let pull = server_copy::Pull {
+                    source: image,
+                    from: &from,
+                    metadata,
+                    rules: &policy.metadata,
+                    may_stream: policy.transfer == TransferMethod::Auto,
+                    stall_timeout: self.engine.settings.stall_timeout,
+                };
+                server_copy::glance_download(&pull, t, self.cancel).await
+            }
+        }));
+        let (mut outcomes, pulled) = tokio::join!(self.stream(image, label, streams), pulled);
+        let mut again = Vec::new();
+        for p in pulled {
+            let Some(why) = p.stream_instead else {
+                outcomes.push(p.outcome);
+                continue;
+            };
+            let action = actions
+                .iter()
+                .find(|a| a.target == p.outcome.target)
+                .expect("one action per target");
+            let ActionKind::Copy {
+                protect,
+                create_body,
+                ..
+            } = &action.kind
+            else {
+                unreachable!("copy groups hold copies only")
+            };
+            self.stream_from_now_on(&action.target, &why);
+            again.push(CopyTarget {
+                client: self.engine.client(&action.target).clone(),
+                preserving_id: p.outcome.target_id == image.id,
+                target_id: p.outcome.target_id,
+                create_body: create_body.clone(),
+                protect: *protect,
+                reuse_existing: true,
+                fallback: None,
+            });
+        }
+        outcomes.extend(self.stream(image, label, again).await);
+        outcomes
+    }
+
+    /// Streams one image to `targets` through glance-sync, with a progress bar.
+    async fn stream(
+        &self,
+        image: &Image,
+        label: &str,
+        targets: Vec<CopyTarget>,
+    ) -> Vec<transfer::CopyOutcome> {
+        if targets.is_empty() {
+            return vec![];
+        }
+        let bar = self.engine.progress.bar(label, image.size.unwrap_or(0));
+        transfer::copy_image(
+            self.engine.client(&self.job.source),
+            image,
+            targets,
+            &transfer::Settings {
+                bandwidth: self.engine.bandwidth.for_job(&self.job.name),
+                ..self.engine.settings.clone()
+            },
+            &bar,
+            self.cancel,
+        )
+        .await
+    }
+
+    /// Where `target` pulls from this run, or `None` when glance-sync streams to it.
+    fn pull_route(&self, target: &str) -> Option<server_copy::PullFrom> {
+        if self
+            .streaming_instead
+            .lock()
+            .expect("not poisoned")
+            .contains(target)
+        {
+            return None;
+        }
+        match self.routes.get(target) {
+            Some(Route::Pull(from)) => Some(from.clone()),
+            _ => None,
+        }
+    }
+
+    /// A pull to `target` failed for a reason streaming does not have: said once per run.
+    fn stream_from_now_on(&self, target: &str, why: &str) {
+        if self
+            .streaming_instead
+            .lock()
+            .expect("not poisoned")
+            .insert(target.to_string())
+        {
+            tracing::warn!(
+                job = %self.job.name, target,
+                "glance-download to {target} failed, so glance-sync streams to it for the rest \
+                 of this run (transfer = \"auto\"): {why}"
+            );
+        }
     }
 
     async fn prune(
@@ -995,6 +1175,7 @@ impl Execution<'_> {
                     error: Some(reason.clone()),
                     action,
                     failure: None,
+                    method: None,
                     seconds: 0.0,
                 });
             }
@@ -1027,6 +1208,7 @@ impl Execution<'_> {
             action,
             error,
             failure: None,
+            method: None,
             seconds,
         })
     }

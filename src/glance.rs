@@ -82,6 +82,11 @@ impl GlanceClient {
         &self.session.name
     }
 
+    /// The cloud's Keystone and endpoint settings (no secrets exposed).
+    pub fn session(&self) -> &CloudSession {
+        &self.session
+    }
+
     /// The project glance-sync works as on this cloud, when known (authenticates if needed).
     pub async fn project_id(&self) -> Result<Option<String>, GlanceError> {
         Ok(self.session.access().await?.project_id)
@@ -239,6 +244,75 @@ impl GlanceClient {
         self.call(&operation, Method::POST, |b| b, &path)
             .await
             .map(drop)
+    }
+
+    /// `POST /v2/images/{id}/import`: starts one of Glance's import flows. Accepted (202) says
+    /// nothing about the outcome: the image's status and its tasks do.
+    pub async fn import_image(&self, id: &str, body: &Value) -> Result<(), GlanceError> {
+        let method = body["method"]["name"].as_str().unwrap_or("?");
+        let operation = format!("import image {id} ({method})");
+        self.call(
+            &operation,
+            Method::POST,
+            |b| b.json(body),
+            &format!("/v2/images/{id}/import"),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The tasks of an image's imports, newest first.
+    pub async fn image_tasks(&self, id: &str) -> Result<Vec<ImportTask>, GlanceError> {
+        #[derive(serde::Deserialize)]
+        struct Tasks {
+            tasks: Vec<ImportTask>,
+        }
+        let operation = format!("list import tasks of image {id}");
+        let mut tasks: Tasks = self
+            .json(
+                &operation,
+                Method::GET,
+                |b| b,
+                &format!("/v2/images/{id}/tasks"),
+            )
+            .await?;
+        tasks.tasks.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        Ok(tasks.tasks)
+    }
+
+    /// The import methods this Glance offers (`GET /v2/info/import`).
+    pub async fn import_methods(&self) -> Result<Vec<String>, GlanceError> {
+        let operation = "list import methods";
+        let info: Value = self
+            .json(operation, Method::GET, |b| b, "/v2/info/import")
+            .await?;
+        Ok(info["import-methods"]["value"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m.as_str().map(str::to_string))
+            .collect())
+    }
+
+    /// The stores of a multi-store Glance (`GET /v2/info/stores`); `None` when it has a single
+    /// store (it answers 404 then).
+    pub async fn stores(&self) -> Result<Option<Vec<String>>, GlanceError> {
+        let operation = "list stores";
+        match self
+            .json::<Value>(operation, Method::GET, |b| b, "/v2/info/stores")
+            .await
+        {
+            Ok(info) => Ok(Some(
+                info["stores"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s["id"].as_str().map(str::to_string))
+                    .collect(),
+            )),
+            Err(e) if e.status() == Some(404) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// The projects an image is shared with, and each one's acceptance status.
@@ -718,9 +792,24 @@ fn operation_kind(method: &Method, path: &str) -> &'static str {
         ("DELETE", ["v2", "images", _]) => "delete",
         ("POST", ["v2", "images", _, "actions", "deactivate"]) => "deactivate",
         ("POST", ["v2", "images", _, "actions", "reactivate"]) => "reactivate",
+        ("POST", ["v2", "images", _, "import"]) => "import",
         (_, ["v2", "images", _, "members", ..]) => "members",
         _ => "other",
     }
+}
+
+/// One import task of an image, as far as glance-sync reads it.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct ImportTask {
+    pub id: String,
+    /// pending | processing | success | failure
+    pub status: String,
+    #[serde(default)]
+    pub message: String,
+    #[serde(default)]
+    pub created_at: String,
+    #[serde(default)]
+    pub updated_at: Option<String>,
 }
 
 /// The token as a header value marked sensitive, so no HTTP-layer debug output can print it.

@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod plan;
 pub mod progress;
 pub mod schedule;
+pub mod server_copy;
 pub mod state;
 pub mod terminal;
 pub mod transfer;

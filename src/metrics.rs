@@ -15,7 +15,7 @@ use prometheus::{
 use crate::config::Job;
 use crate::engine::JobReport;
 use crate::plan::ActionKind;
-use crate::transfer::FailureReason;
+use crate::transfer::{CopyMethod, FailureReason};
 
 /// The `operation` label values of `glance_sync_api_requests_total`.
 pub const API_OPERATIONS: &[&str] = &[
@@ -29,6 +29,7 @@ pub const API_OPERATIONS: &[&str] = &[
     "delete",
     "deactivate",
     "reactivate",
+    "import",
     "members",
     "other",
 ];
@@ -166,8 +167,9 @@ impl Metrics {
             bytes_copied: counter(
                 &r,
                 "glance_sync_bytes_copied_total",
-                "Bytes of images copied and verified",
-                &["job", "target"],
+                "Bytes of images copied and verified, by what moved them (stream: through \
+                 glance-sync; glance-download: the target's Glance pulled them)",
+                &["job", "target", "method"],
             ),
             transfer_failures: counter(
                 &r,
@@ -251,7 +253,10 @@ impl Metrics {
         }
         for t in targets {
             self.images_copied.with_label_values(&[job, t]);
-            self.bytes_copied.with_label_values(&[job, t]);
+            for method in CopyMethod::ALL {
+                self.bytes_copied
+                    .with_label_values(&[job, t, method.as_str()]);
+            }
             self.verification_failures.with_label_values(&[job, t]);
             self.unadopted.with_label_values(&[job, t]);
             for reason in FailureReason::ALL {
@@ -308,8 +313,9 @@ impl Metrics {
             match r.failure {
                 None => {
                     self.images_copied.with_label_values(&[job, target]).inc();
+                    let method = r.method.unwrap_or(CopyMethod::Stream).as_str();
                     self.bytes_copied
-                        .with_label_values(&[job, target])
+                        .with_label_values(&[job, target, method])
                         .inc_by(r.action.size.unwrap_or(0));
                 }
                 Some(reason) => {

@@ -16,7 +16,8 @@ use serde_json::Value;
 use crate::config::{Job, MetadataRules, PreserveIds, PruneMode};
 use crate::image::{Image, Member, provably_different_content, same_content, same_identity};
 use crate::metadata::{
-    PatchOp, create_body, current_metadata, describe_patch, desired_metadata, metadata_patch,
+    Metadata, PatchOp, create_body, current_metadata, describe_patch, desired_metadata,
+    metadata_patch,
 };
 
 /// What the state database knows about the images glance-sync created, as planning needs it.
@@ -372,6 +373,10 @@ pub enum ActionKind {
         /// The members to give the copy once it is made (`members = true`).
         #[serde(skip_serializing_if = "Option::is_none")]
         members: Option<MemberChanges>,
+        /// What the copy must carry: a copy the target's Glance imports gets it with one patch
+        /// once verified, since Glance sets some of it itself.
+        #[serde(skip)]
+        metadata: Box<Metadata>,
     },
     /// Give our copy its source image's members (`members = true`).
     SyncMembers {
@@ -725,6 +730,14 @@ fn copy_id(
                 .into(),
         ));
     }
+    if ours && holder.status == "importing" {
+        return Err(IdVerdict::Wait(
+            "our copy with the source's id is being imported by the target's Glance (an earlier \
+             run's glance-download): the next run verifies it once active, or imports into it \
+             again if the import failed"
+                .into(),
+        ));
+    }
     let held_by = format!(
         "image '{}' ({}, owner {})",
         holder.name.as_deref().unwrap_or(""),
@@ -880,7 +893,7 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut(&str, &str) -> String) -> 
             // half-made copy that still has it is uploaded into again, not deleted.
             // One still `saving` after its upload broke goes back to `queued` by itself.
             let reusable = policy.preserve_ids != PreserveIds::Off
-                && matches!(img.status.as_str(), "queued" | "saving")
+                && matches!(img.status.as_str(), "queued" | "saving" | "importing")
                 && img.id == o.source_id
                 && originals.contains_key(o.source_id.as_str());
             if reusable {
@@ -1076,6 +1089,7 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut(&str, &str) -> String) -> 
                         id: id.clone(),
                         fallback_body,
                         members: members.filter(MemberChanges::worth_saying),
+                        metadata: Box::new(meta),
                     }));
                 }
                 Decision::Ours(c) | Decision::Relink(c, _) => {
@@ -2252,7 +2266,7 @@ mod tests {
             "a".into(),
             crate::config::TargetPolicy {
                 preserve_ids: mode,
-                metadata: Default::default(),
+                ..Default::default()
             },
         );
         j
@@ -2350,6 +2364,7 @@ mod tests {
                 metadata: crate::config::tests::metadata_rules(
                     "visibility = \"private\"\nadd_tags = [\"edge\"]",
                 ),
+                ..Default::default()
             },
         );
         let mut ledger = Ledger::default();
@@ -2398,6 +2413,7 @@ mod tests {
             crate::config::TargetPolicy {
                 preserve_ids: PreserveIds::Off,
                 metadata: crate::config::tests::metadata_rules(rules),
+                ..Default::default()
             },
         );
         let mut ledger = Ledger::default();

@@ -41,19 +41,22 @@ pub enum FailureReason {
     TargetUpload,
     Verification,
     TargetMetadata,
+    /// The target's Glance could not import the image from the source (glance-download).
+    TargetImport,
     /// The process is shutting down.
     Interrupted,
 }
 
 impl FailureReason {
     /// Every reason, so that metrics can show each at 0 before it first happens.
-    pub const ALL: [FailureReason; 7] = [
+    pub const ALL: [FailureReason; 8] = [
         FailureReason::SourceRead,
         FailureReason::SourceCorrupt,
         FailureReason::TargetCreate,
         FailureReason::TargetUpload,
         FailureReason::Verification,
         FailureReason::TargetMetadata,
+        FailureReason::TargetImport,
         FailureReason::Interrupted,
     ];
 
@@ -65,6 +68,7 @@ impl FailureReason {
             FailureReason::TargetUpload => "target_upload",
             FailureReason::Verification => "verification",
             FailureReason::TargetMetadata => "target_metadata",
+            FailureReason::TargetImport => "target_import",
             FailureReason::Interrupted => "interrupted",
         }
     }
@@ -80,7 +84,7 @@ pub struct TransferError {
 }
 
 impl TransferError {
-    fn new(reason: FailureReason, message: impl std::fmt::Display) -> TransferError {
+    pub(crate) fn new(reason: FailureReason, message: impl std::fmt::Display) -> TransferError {
         TransferError {
             reason,
             message: message.to_string(),
@@ -88,7 +92,7 @@ impl TransferError {
         }
     }
 
-    fn from_glance(reason: FailureReason, e: GlanceError) -> TransferError {
+    pub(crate) fn from_glance(reason: FailureReason, e: GlanceError) -> TransferError {
         TransferError {
             reason,
             status: e.status(),
@@ -112,9 +116,31 @@ pub struct CopyTarget {
     pub preserving_id: bool,
 }
 
+/// What moved a copy's bytes (the `method` label of `glance_sync_bytes_copied_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CopyMethod {
+    /// Through glance-sync: download from the source, upload to the target.
+    Stream,
+    /// The target's Glance pulled from the source region.
+    GlanceDownload,
+}
+
+impl CopyMethod {
+    pub const ALL: [CopyMethod; 2] = [CopyMethod::Stream, CopyMethod::GlanceDownload];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CopyMethod::Stream => "stream",
+            CopyMethod::GlanceDownload => "glance-download",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct CopyOutcome {
     pub target: String,
+    pub method: CopyMethod,
     /// Ids recorded for this copy that the target never got: the source's id it refused.
     pub refused_ids: Vec<String>,
     pub target_id: String,
@@ -159,6 +185,7 @@ pub async fn copy_image(
             .into_iter()
             .map(|t| CopyOutcome {
                 target: t.client.cloud().to_string(),
+                method: CopyMethod::Stream,
                 refused_ids: vec![],
                 target_id: t.target_id,
                 result: Err(err.clone()),
@@ -198,6 +225,7 @@ pub async fn copy_image(
             Ok(()) => live.push(t),
             Err(e) => outcomes.push(CopyOutcome {
                 target: t.client.cloud().to_string(),
+                method: CopyMethod::Stream,
                 refused_ids: vec![],
                 target_id: t.target_id,
                 result: Err(e),
@@ -260,6 +288,7 @@ pub async fn copy_image(
             };
             CopyOutcome {
                 target: t.client.cloud().to_string(),
+                method: CopyMethod::Stream,
                 refused_ids: vec![],
                 target_id: t.target_id,
                 result,
@@ -275,7 +304,9 @@ pub async fn copy_image(
 /// Creates the image a copy goes into (unless it exists already), under the source's id when
 /// asked and allowed, else under the fallback id. Returns the target (its `target_id` the id in
 /// use), the result, and the source's id when the target refused it.
-async fn create(mut t: CopyTarget) -> (CopyTarget, Result<(), TransferError>, Option<String>) {
+pub(crate) async fn create(
+    mut t: CopyTarget,
+) -> (CopyTarget, Result<(), TransferError>, Option<String>) {
     if t.reuse_existing {
         return (t, Ok(()), None);
     }
@@ -624,7 +655,7 @@ async fn protect(t: &CopyTarget) -> Result<(), TransferError> {
 }
 
 /// Deletes our image after a failed copy, so no half-made or unverified image stays behind.
-async fn remove_failed_copy(t: &CopyTarget) -> bool {
+pub(crate) async fn remove_failed_copy(t: &CopyTarget) -> bool {
     // An aborted upload puts the image back to `queued` within a moment; a delete during `saving`
     // is allowed too, so no wait is needed.
     match t.client.delete_image(&t.target_id).await {

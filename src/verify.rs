@@ -357,6 +357,27 @@ pub struct ProvenDigest {
     pub computed: bool,
 }
 
+impl Proven {
+    /// What a copy must equal when glance-sync did not read the bytes (the target's Glance
+    /// pulled them): the source's recorded size and digests. The target computes its own over
+    /// the bytes it stored, so a copy that matches holds exactly the bytes the source recorded.
+    pub fn recorded_by(source: &Image) -> Proven {
+        let digest = |value: &str| ProvenDigest {
+            value: value.to_ascii_lowercase(),
+            // A mismatch is the copy's fault as far as anyone can tell: it is deleted.
+            computed: true,
+        };
+        Proven {
+            size: source.size.unwrap_or(0),
+            md5: source.checksum.as_deref().map(digest),
+            multihashes: match (&source.os_hash_algo, &source.os_hash_value) {
+                (Some(algo), Some(value)) => vec![(algo.clone(), digest(value))],
+                _ => vec![],
+            },
+        }
+    }
+}
+
 impl ProvenDigest {
     fn computed(value: &str) -> ProvenDigest {
         ProvenDigest {

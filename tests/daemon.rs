@@ -78,8 +78,9 @@ async fn daemon_runs_the_job_on_schedule_and_metrics_show_what_it_copied() {
 
     let text = d.metrics().await;
     let target = [("job", "job"), ("target", "dr")];
+    let streamed = [("job", "job"), ("target", "dr"), ("method", "stream")];
     assert_eq!(
-        metric_value(&text, "glance_sync_bytes_copied_total", &target),
+        metric_value(&text, "glance_sync_bytes_copied_total", &streamed),
         Some(total as f64)
     );
     assert_eq!(
@@ -368,7 +369,7 @@ async fn metrics_textfile_of_a_one_shot_run_is_valid_and_complete() {
         metric_value(
             &text,
             "glance_sync_bytes_copied_total",
-            &[("job", "job"), ("target", "dr")]
+            &[("job", "job"), ("target", "dr"), ("method", "stream")]
         ),
         Some(10_000.0)
     );
@@ -577,7 +578,9 @@ async fn a_real_prometheus_scrapes_the_daemon_and_loads_the_alert_rules() {
         || async { query("glance_sync_bytes_copied_total").await.is_some() },
     )
     .await;
-    let series = query("glance_sync_bytes_copied_total").await.unwrap();
+    let series = query("glance_sync_bytes_copied_total{method=\"stream\"}")
+        .await
+        .unwrap();
     assert_eq!(
         series[0]["metric"]["job"], "job",
         "honor_labels keeps glance-sync's job label"

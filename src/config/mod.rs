@@ -8,7 +8,9 @@ mod clouds_yaml;
 mod permissions;
 mod policy;
 
-pub use policy::{Globs, MetadataRules, OwnerRule, PreserveIds, ProjectMap, TargetPolicy};
+pub use policy::{
+    Globs, MetadataRules, OwnerRule, PreserveIds, ProjectMap, TargetPolicy, TransferMethod,
+};
 use policy::{KeyPath, PathPart, key};
 
 use jiff::tz::TimeZone;
@@ -561,9 +563,12 @@ pub(crate) const AUTH_KEYS: &[&str] = &[
 struct JobEntry {
     name: String,
     source: String,
-    /// Cloud names, or tables `{ cloud, preserve_ids, metadata }` (read by `policy`).
+    /// Cloud names, or tables `{ cloud, preserve_ids, metadata, transfer, stores }` (read by
+    /// `policy`).
     targets: Vec<toml::Value>,
     preserve_ids: Option<toml::Value>,
+    transfer: Option<toml::Value>,
+    stores: Option<toml::Value>,
     metadata: Option<toml::Value>,
     #[serde(default)]
     filter: FilterEntry,
@@ -830,6 +835,14 @@ fn validate_job(
         }
         None => MetadataRules::default(),
     };
+    let job_transfer = match &job.transfer {
+        Some(v) => policy::transfer(v, &key(&["transfer"])).map_err(prefixed)?,
+        None => TransferMethod::default(),
+    };
+    let job_stores = match &job.stores {
+        Some(v) => policy::stores(v, &key(&["stores"])).map_err(prefixed)?,
+        None => vec![],
+    };
     let mut targets = Vec::new();
     let mut policies = BTreeMap::new();
     for (i, entry) in job.targets.iter().enumerate() {
@@ -842,17 +855,19 @@ fn validate_job(
         let mut target_policy = TargetPolicy {
             preserve_ids: job_preserve,
             metadata: job_metadata.clone(),
+            transfer: job_transfer,
+            stores: job_stores.clone(),
         };
         let t = match entry {
             toml::Value::String(t) => t.clone(),
             toml::Value::Table(table) => {
                 for k in table.keys() {
-                    if !["cloud", "preserve_ids", "metadata"].contains(&k.as_str()) {
+                    const KEYS: [&str; 5] =
+                        ["cloud", "preserve_ids", "metadata", "transfer", "stores"];
+                    if !KEYS.contains(&k.as_str()) {
                         return Err((
                             sub(k),
-                            format!(
-                                "{at}: unknown key '{k}' in a target (cloud, preserve_ids, metadata)"
-                            ),
+                            format!("{at}: unknown key '{k}' in a target ({})", KEYS.join(", ")),
                         ));
                     }
                 }
@@ -872,6 +887,13 @@ fn validate_job(
                 if let Some(v) = table.get("metadata") {
                     target_policy.metadata =
                         policy::metadata(v, &sub("metadata"), &job_metadata).map_err(prefixed)?;
+                }
+                if let Some(v) = table.get("transfer") {
+                    target_policy.transfer =
+                        policy::transfer(v, &sub("transfer")).map_err(prefixed)?;
+                }
+                if let Some(v) = table.get("stores") {
+                    target_policy.stores = policy::stores(v, &sub("stores")).map_err(prefixed)?;
                 }
                 cloud.to_string()
             }
@@ -1437,6 +1459,38 @@ visibility = ["public", "community"]
         assert_eq!(p.metadata.owner, OwnerRule::Source);
         assert_eq!(p.metadata.project_map.map("a").as_deref(), Some("b"));
         assert_eq!(p.metadata.project_map.map("z").as_deref(), Some("z"));
+    }
+
+    #[test]
+    fn transfer_and_stores_are_set_per_job_and_overridden_per_target() {
+        let clouds = BASE.replace(
+            "targets = [\"lab\"]",
+            "targets = [\"lab\", { cloud = \"dr\", transfer = \"stream\", stores = [\"c\"] }]\n\
+             transfer = \"auto\"\nstores = [\"a\", \"b\"]",
+        );
+        let text = format!(
+            "{clouds}\n[clouds.dr]\nauth_type = \"none\"\nimage_endpoint_override = \"http://127.0.0.1:1\"\n"
+        );
+        let cfg = parse(&text).unwrap();
+        let job = &cfg.jobs[0];
+        assert_eq!(job.policy("lab").transfer, TransferMethod::Auto);
+        assert_eq!(job.policy("lab").stores, ["a", "b"]);
+        assert_eq!(job.policy("dr").transfer, TransferMethod::Stream);
+        assert_eq!(job.policy("dr").stores, ["c"]);
+        let bad = parse(&BASE.replace(
+            "targets = [\"lab\"]",
+            "targets = [\"lab\"]\ntransfer = \"rsync\"",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(bad.contains("transfer = \"rsync\" is not one of"), "{bad}");
+        let twice = parse(&BASE.replace(
+            "targets = [\"lab\"]",
+            "targets = [\"lab\"]\nstores = [\"a\", \"a\"]",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(twice.contains("listed twice"), "{twice}");
     }
 
     #[test]

@@ -40,6 +40,30 @@ pub enum PreserveIds {
     Require,
 }
 
+/// Who moves a copy's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransferMethod {
+    /// glance-sync downloads from the source and uploads to the target.
+    #[default]
+    Stream,
+    /// The target Glance pulls the image from the source region (`glance-download` import):
+    /// both clouds must share a Keystone and the target must offer the method.
+    GlanceDownload,
+    /// glance-download where the run's discovery says it can work, else stream; a pull that
+    /// fails for a reason a stream would not have falls back to streaming that image.
+    Auto,
+}
+
+impl TransferMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransferMethod::Stream => "stream",
+            TransferMethod::GlanceDownload => "glance-download",
+            TransferMethod::Auto => "auto",
+        }
+    }
+}
+
 /// Whose project owns the copies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum OwnerRule {
@@ -110,6 +134,9 @@ impl MetadataRules {
 pub struct TargetPolicy {
     pub preserve_ids: PreserveIds,
     pub metadata: MetadataRules,
+    pub transfer: TransferMethod,
+    /// Stores of a multi-store target that every copy must be in (empty: Glance's default).
+    pub stores: Vec<String>,
 }
 
 const VISIBILITIES: &[&str] = &["public", "community", "shared", "private"];
@@ -186,6 +213,34 @@ pub fn preserve_ids(v: &Value, path: &KeyPath) -> Result<PreserveIds, Invalid> {
             format!("preserve_ids = \"{other}\" is not one of \"off\", \"prefer\", \"require\""),
         )),
     }
+}
+
+pub fn transfer(v: &Value, path: &KeyPath) -> Result<TransferMethod, Invalid> {
+    match expect_str(v, path, "transfer")? {
+        "stream" => Ok(TransferMethod::Stream),
+        "glance-download" => Ok(TransferMethod::GlanceDownload),
+        "auto" => Ok(TransferMethod::Auto),
+        other => Err((
+            path.clone(),
+            format!(
+                "transfer = \"{other}\" is not one of \"stream\", \"glance-download\", \"auto\""
+            ),
+        )),
+    }
+}
+
+/// A list of store ids, each named once.
+pub fn stores(v: &Value, path: &KeyPath) -> Result<Vec<String>, Invalid> {
+    let stores = str_list(v, path, "stores")?;
+    for (i, s) in stores.iter().enumerate() {
+        if s.is_empty() || stores[..i].contains(s) {
+            return Err((
+                at(path.clone(), &[PathPart::Index(i)]),
+                format!("stores: '{s}' is empty or listed twice"),
+            ));
+        }
+    }
+    Ok(stores)
 }
 
 /// `rules` with the keys of the `[metadata]` table `v` applied over them (a target's table

@@ -28,6 +28,14 @@
 #   GLANCE_EXTRA_DEFAULT  lines appended to [DEFAULT] of glance-api.conf, e.g.
 #                      "image_size_cap = 1048576" or "image_property_quota = 64"
 #   GLANCE_KEEP_STATE  1: stop keeps the state dir (logs, DB, files)
+#   GLANCE_IMPORT_METHODS  enabled_import_methods (default
+#                      glance-direct,web-download,copy-image); add glance-download
+#                      to let this Glance pull from another region (needs
+#                      GLANCE_AUTH=keystone: the pull uses the caller's token and
+#                      the source region's endpoint from its catalog)
+#   GLANCE_STORES      comma list, e.g. "a,b": a multi-store Glance with one file
+#                      store each (enabled_backends; default_backend = the first)
+#                      plus the staging and tasks stores; unset: one legacy file store
 #
 # Exit codes of start: 0 up; 3 port already in use (pick another one); 1 other.
 #
@@ -47,6 +55,9 @@ VENV=$HARNESS/venv-glance
 TEMPLATE=$HARNESS/template/glance.sqlite
 STATE_ROOT=$HARNESS/state
 
+# uWSGI's default request line, with the User-Agent appended in quotes: tests tell a client's
+# download from another Glance's pull (glance-download sends Python-urllib).
+LOGFORMAT='[pid: %(pid)|app: -|req: -/-] %(addr) (%(user)) {%(vars) vars in %(pktsize) bytes} [%(ctime)] %(method) %(uri) => generated %(rsize) bytes in %(msecs) msecs (%(proto) %(status)) %(headers) headers in %(hsize) bytes (%(switches) switches on core %(core)) "%(uagent)"'
 log() { printf '[glance.sh %s] %s\n' "${NAME:-}" "$*" >&2; }
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.2f", b-a}'; }
@@ -113,8 +124,8 @@ log_file = $d/log/glance-api.log
 use_stderr = false
 public_endpoint = http://127.0.0.1:$port
 hashing_algorithm = ${GLANCE_HASH_ALGO:-sha512}
-enabled_import_methods = [glance-direct,web-download,copy-image]
-node_staging_uri = file://$d/staging/
+enabled_import_methods = [${GLANCE_IMPORT_METHODS:-glance-direct,web-download,copy-image}]
+$(store_default_lines "$d")
 image_cache_dir = $d/cache
 worker_self_reference_url = http://127.0.0.1:$port
 ${GLANCE_EXTRA_DEFAULT:-}
@@ -151,10 +162,7 @@ username = glance
 password = glance-secret
 service_token_roles_required = true
 
-[glance_store]
-stores = file, http
-default_store = file
-filesystem_store_datadir = $d/images/
+$(store_sections "$d")
 EOF
 
   # Stock paste file + a 'fakeauth' flavour (fakeauth filter + real context),
@@ -185,6 +193,32 @@ sub('keystone+cachemanagement = ',
     'fakeauth context rootapp\nkeystone+cachemanagement = ')
 open(dst, 'w').write(s)
 PYEOF
+}
+
+# Single store: the legacy [glance_store] file store (+ http for web-download) and a staging
+# URI. Multi-store (GLANCE_STORES): enabled_backends, one file store per name, and the
+# reserved staging and tasks stores that import flows need there.
+store_default_lines() { # dir
+  if [ -z "${GLANCE_STORES:-}" ]; then
+    echo "node_staging_uri = file://$1/staging/"
+  else
+    echo "enabled_backends = $(echo "$GLANCE_STORES" | sed 's/,/:file, /g; s/$/:file/')"
+  fi
+}
+
+store_sections() { # dir
+  local s
+  if [ -z "${GLANCE_STORES:-}" ]; then
+    printf '[glance_store]\nstores = file, http\ndefault_store = file\nfilesystem_store_datadir = %s/images/\n' "$1"
+    return
+  fi
+  printf '[glance_store]\ndefault_backend = %s\n' "${GLANCE_STORES%%,*}"
+  for s in ${GLANCE_STORES//,/ }; do
+    mkdir -p "$1/images-$s"
+    printf '\n[%s]\nfilesystem_store_datadir = %s/images-%s/\n' "$s" "$1" "$s"
+  done
+  printf '\n[os_glance_staging_store]\nfilesystem_store_datadir = %s/staging/\n' "$1"
+  printf '\n[os_glance_tasks_store]\nfilesystem_store_datadir = %s/tasks/\n' "$1"
 }
 
 write_lib() { # dir: python modules loaded by uWSGI (--pythonpath DIR/lib)
@@ -287,6 +321,7 @@ start() { # name port
       --socket-timeout 300 \
       --chunked-input-limit 67108864 --chunked-input-timeout 300 \
       --procname-prefix-spaced "glance-$NAME-$port" \
+      --logformat "$LOGFORMAT" \
       --pidfile "$d/uwsgi.pid" --logto "$d/log/uwsgi.log" \
       </dev/null >/dev/null 2>&1 &
   pid=$!

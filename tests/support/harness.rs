@@ -172,6 +172,23 @@ impl RealGlance {
             .collect()
     }
 
+    /// Every request answered so far with the User-Agent that sent it (the harness logs it in
+    /// quotes at the end of each line): tells glance-sync's own requests from another Glance's
+    /// pull (glance-download sends `Python-urllib/...`).
+    pub fn requests_with_agent(&self) -> Vec<(String, String)> {
+        let log = self.state_dir().join("log").join("uwsgi.log");
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| {
+                let (head, tail) = line.split_once(" => generated ")?;
+                let request = head.rsplit_once("] ")?.1;
+                let agent = tail.trim_end().strip_suffix('"')?.rsplit_once(" \"")?.1;
+                (!request.starts_with("GET /healthcheck"))
+                    .then(|| (request.to_string(), agent.to_string()))
+            })
+            .collect()
+    }
+
     /// The requests that could change something: every method but GET and HEAD.
     pub fn write_requests(&self) -> Vec<String> {
         self.requests()

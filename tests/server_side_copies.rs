@@ -1,0 +1,395 @@
+//! Server-side copies on real Glance 33 regions sharing the real Keystone: the target Glance
+//! pulls from the source region (`transfer = "glance-download"`), glance-sync drives, verifies
+//! and sets the metadata. Each test starts its own two regions on free ports and registers them
+//! in Keystone's catalog (the pull finds the source through the caller's catalog).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::glance_api::{Api, image_body, random_bytes};
+use support::harness::RealGlance;
+use support::keystone::{self, DEMO_PASSWORD, demo_token, keystone_url};
+use support::scenario::{assert_exact_copies, copies_by_source, seed_source};
+use support::sync_cli::{command, glance_sync};
+
+const WITH_GLANCE_DOWNLOAD: &str = "glance-direct,web-download,copy-image,glance-download";
+
+/// Two regions of one cloud: Glance `src` and `dst` on free ports, both validating tokens with
+/// the harness's Keystone, registered in its catalog as regions `<tag>-src` and `<tag>-dst`.
+struct Regions {
+    src: RealGlance,
+    dst: RealGlance,
+    tag: String,
+    source: Api,
+    target: Api,
+    dir: tempfile::TempDir,
+}
+
+impl Regions {
+    async fn start(tag: &str, target_methods: &str) -> Regions {
+        let src =
+            RealGlance::start_with(&format!("{tag}-src"), None, &[("GLANCE_AUTH", "keystone")]);
+        let dst = RealGlance::start_with(
+            &format!("{tag}-dst"),
+            None,
+            &[
+                ("GLANCE_AUTH", "keystone"),
+                ("GLANCE_IMPORT_METHODS", target_methods),
+            ],
+        );
+        keystone::add_region(&format!("{tag}-src"), &src.url).await;
+        keystone::add_region(&format!("{tag}-dst"), &dst.url).await;
+        let (token, _) = demo_token().await;
+        Regions {
+            source: Api::with_token(&src.url, &token),
+            target: Api::with_token(&dst.url, &token),
+            src,
+            dst,
+            tag: tag.to_string(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A config whose job copies from `src` to `dst` with the given job lines (`transfer`...);
+    /// `source_region` overrides the source cloud's `region_name`.
+    fn config(&self, job_lines: &str, source_region: Option<&str>) -> std::path::PathBuf {
+        let cloud = |name: &str, region: &str| {
+            format!(
+                "[clouds.{name}]\nauth_type = \"password\"\nregion_name = \"{region}\"\n\
+                 [clouds.{name}.auth]\nauth_url = \"{}/v3\"\nusername = \"demo\"\n\
+                 password = \"{DEMO_PASSWORD}\"\nproject_name = \"demo\"\n\
+                 user_domain_name = \"Default\"\nproject_domain_name = \"Default\"\n\n",
+                keystone_url()
+            )
+        };
+        let src_region = format!("{}-src", self.tag);
+        let mut src = cloud("src", &src_region);
+        if let Some(region) = source_region {
+            // The endpoint stays the real one; only the region the target is told differs.
+            src = src.replace(
+                &format!("region_name = \"{src_region}\"\n"),
+                &format!(
+                    "region_name = \"{region}\"\nimage_endpoint_override = \"{}\"\n",
+                    self.src.url
+                ),
+            );
+        }
+        let path = self.dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[state]\npath = \"{}\"\n\n{src}{}[[jobs]]\nname = \"gd\"\nsource = \"src\"\n\
+                 targets = [\"dst\"]\n{job_lines}\n",
+                self.dir.path().join("state.db").display(),
+                cloud("dst", &format!("{}-dst", self.tag)),
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    fn metrics_path(&self) -> String {
+        self.dir.path().join("metrics.prom").display().to_string()
+    }
+
+    fn metrics(&self) -> String {
+        std::fs::read_to_string(self.metrics_path()).unwrap()
+    }
+
+    async fn remove_regions(&self) {
+        keystone::remove_region(&format!("{}-src", self.tag)).await;
+        keystone::remove_region(&format!("{}-dst", self.tag)).await;
+    }
+}
+
+/// The sum of every series of `name` whose labels include `labels`.
+fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+            .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// The source's `GET .../file` requests, with their User-Agent.
+fn downloads(glance: &RealGlance) -> Vec<(String, String)> {
+    glance
+        .requests_with_agent()
+        .into_iter()
+        .filter(|(r, _)| r.starts_with("GET /v2/images/") && r.ends_with("/file"))
+        .collect()
+}
+
+#[tokio::test]
+#[ignore = "needs real Glance and Keystone: run tests/run.sh"]
+async fn glance_download_makes_exact_copies_without_a_byte_through_glance_sync() {
+    let r = Regions::start("gd-exact", WITH_GLANCE_DOWNLOAD).await;
+    let seeded = seed_source(&r.source).await;
+    let config = r.config("transfer = \"glance-download\"", None);
+
+    let run = glance_sync(
+        &config,
+        &["-v", "run", "--metrics-textfile", &r.metrics_path()],
+    )
+    .await;
+    run.assert_code(0);
+    assert_exact_copies(&r.source, &r.target, &seeded, "src").await;
+    // Every copy's bytes came from the target's pull: the source served each image's file once,
+    // to Glance's own client, and glance-sync downloaded and uploaded nothing.
+    let pulls = downloads(&r.src);
+    assert_eq!(pulls.len(), seeded.eligible.len(), "{pulls:?}");
+    for (request, agent) in &pulls {
+        assert!(agent.starts_with("Python-urllib"), "{request} by {agent}");
+    }
+    let metrics = r.metrics();
+    let total: u64 = {
+        let mut sum = 0;
+        for id in seeded.eligible.keys() {
+            sum += r.source.get(id).await["size"].as_u64().unwrap();
+        }
+        sum
+    };
+    let by = |method| {
+        metric_sum(
+            &metrics,
+            "glance_sync_bytes_copied_total",
+            &[("method", method)],
+        )
+    };
+    assert_eq!(by("glance-download"), total as f64);
+    assert_eq!(by("stream"), 0.0);
+    for operation in ["download", "upload"] {
+        assert_eq!(
+            metric_sum(
+                &metrics,
+                "glance_sync_api_requests_total",
+                &[("operation", operation)]
+            ),
+            0.0,
+            "glance-sync made {operation} requests"
+        );
+    }
+    assert!(
+        run.stderr.contains("by glance-download"),
+        "the log says which method moved the bytes:\n{}",
+        run.stderr
+    );
+    // Glance's import bookkeeping stays on the copies and is neither replicated nor drift.
+    let copies = copies_by_source(&r.target).await;
+    assert!(
+        copies
+            .values()
+            .flatten()
+            .any(|c| c.get("os_glance_import_task").is_some()
+                || c.get("os_glance_failed_import").is_some()),
+        "Glance leaves its os_glance_* properties on imported copies"
+    );
+
+    // A second run is a no-op: nothing written on the target, nothing pulled.
+    let writes = r.dst.write_requests().len();
+    glance_sync(&config, &["run"]).await.assert_code(0);
+    assert_eq!(
+        r.dst.write_requests().len(),
+        writes,
+        "{:?}",
+        r.dst.write_requests()
+    );
+    assert_eq!(downloads(&r.src).len(), pulls.len());
+    r.remove_regions().await;
+}
+
+#[tokio::test]
+#[ignore = "needs real Glance and Keystone: run tests/run.sh"]
+async fn auto_streams_to_a_target_without_glance_download_which_glance_download_names() {
+    let r = Regions::start("gd-off", "glance-direct,web-download,copy-image").await;
+    let img = r
+        .source
+        .create_with_data(
+            image_body("plain", "raw", json!({})),
+            random_bytes(300_000, 7),
+        )
+        .await;
+
+    let explicit = r.config("transfer = \"glance-download\"", None);
+    let run = glance_sync(&explicit, &["run"]).await;
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("does not offer the glance-download import method"),
+        "{}",
+        run.stderr
+    );
+    assert!(downloads(&r.src).is_empty(), "nothing was pulled");
+
+    let auto = r.config("transfer = \"auto\"", None);
+    let run = glance_sync(&auto, &["run", "--metrics-textfile", &r.metrics_path()]).await;
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("streaming to dst")
+            && run.stderr.contains("does not offer the glance-download"),
+        "auto says why it streams:\n{}",
+        run.stderr
+    );
+    let copies = copies_by_source(&r.target).await;
+    let copy = &copies[img["id"].as_str().unwrap()];
+    assert_eq!(copy.len(), 1, "one copy, the queued one reused or replaced");
+    assert_eq!(copy[0]["os_hash_value"], img["os_hash_value"]);
+    assert_eq!(
+        metric_sum(
+            &r.metrics(),
+            "glance_sync_bytes_copied_total",
+            &[("method", "stream")]
+        ),
+        300_000.0
+    );
+    assert_eq!(r.target.list_all().await.len(), 1, "no leftover copy");
+    r.remove_regions().await;
+}
+
+#[tokio::test]
+#[ignore = "needs real Glance and Keystone: run tests/run.sh"]
+async fn a_pull_from_a_region_the_target_does_not_know_fails_clearly_and_auto_streams() {
+    let r = Regions::start("gd-region", WITH_GLANCE_DOWNLOAD).await;
+    let img = r
+        .source
+        .create_with_data(
+            image_body("far", "raw", json!({})),
+            random_bytes(200_000, 8),
+        )
+        .await;
+    let id = img["id"].as_str().unwrap();
+
+    let explicit = r.config("transfer = \"glance-download\"", Some("Nowhere"));
+    let run = glance_sync(&explicit, &["run"]).await;
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("failed before any data was stored")
+            && run.stderr.contains("source region unknown"),
+        "{}",
+        run.stderr
+    );
+    let copies = copies_by_source(&r.target).await;
+    assert!(
+        copies
+            .get(id)
+            .is_none_or(|c| c.iter().all(|c| c["status"] == "queued")),
+        "no active copy from a failed pull: {copies:?}"
+    );
+
+    let other = r
+        .source
+        .create_with_data(
+            image_body("farther", "raw", json!({})),
+            random_bytes(100_000, 11),
+        )
+        .await;
+    let auto = r.config("transfer = \"auto\"", Some("Nowhere"));
+    let run = glance_sync(&auto, &["run"]).await;
+    run.assert_code(0);
+    assert_eq!(
+        run.stderr
+            .matches("streams to it for the rest of this run")
+            .count(),
+        1,
+        "the fallback is said once:\n{}",
+        run.stderr
+    );
+    let copies = copies_by_source(&r.target).await;
+    assert_eq!(copies[id].len(), 1, "{copies:?}");
+    assert_eq!(copies[id][0]["status"], "active");
+    assert_eq!(copies[id][0]["os_hash_value"], img["os_hash_value"]);
+    let other = &copies[other["id"].as_str().unwrap()];
+    assert_eq!(other[0]["status"], "active");
+    assert_eq!(r.target.list_all().await.len(), 2, "no leftover copy");
+    r.remove_regions().await;
+}
+
+#[tokio::test]
+#[ignore = "needs real Glance and Keystone: run tests/run.sh"]
+async fn a_source_serving_short_data_leaves_no_locked_or_half_made_copy() {
+    let r = Regions::start("gd-short", WITH_GLANCE_DOWNLOAD).await;
+    let img = r
+        .source
+        .create_with_data(
+            image_body("short", "raw", json!({})),
+            random_bytes(500_000, 9),
+        )
+        .await;
+    let id = img["id"].as_str().unwrap();
+    // The source's Glance still lists the image as active, but its file is gone: the pull gets
+    // no data, and Glance's import fails while downloading, keeping the image's import lock.
+    std::fs::remove_file(r.src.state_dir().join("images").join(id)).unwrap();
+
+    let config = r.config("transfer = \"glance-download\"", None);
+    for _ in 0..2 {
+        let run = glance_sync(&config, &["run"]).await;
+        assert_ne!(run.code, 0, "{}", run.stderr);
+        assert!(
+            run.stderr
+                .contains("failed while downloading from the source"),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(
+            r.target.list_all().await,
+            Vec::<serde_json::Value>::new(),
+            "the locked copy was deleted"
+        );
+    }
+    r.remove_regions().await;
+}
+
+#[tokio::test]
+#[ignore = "needs real Glance and Keystone: run tests/run.sh"]
+async fn killed_during_an_import_then_run_again_leaves_one_verified_copy() {
+    let r = Regions::start("gd-kill", WITH_GLANCE_DOWNLOAD).await;
+    let img = r
+        .source
+        .create_streamed(image_body("big", "raw", json!({})), 192 << 20, 10)
+        .await;
+    let id = img["id"].as_str().unwrap();
+    let config = r.config("transfer = \"glance-download\"", None);
+
+    let mut child = command(&config)
+        .arg("run")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let seen = loop {
+        let images = r.target.list_all().await;
+        if let Some(status) = images.first().and_then(|c| c["status"].as_str())
+            && (status == "importing" || status == "active")
+        {
+            break status.to_string();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no import started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    child.kill().await.unwrap(); // SIGKILL: no cleanup of any kind
+    assert_eq!(seen, "importing", "killed during the import");
+
+    glance_sync(&config, &["run"]).await.assert_code(0);
+    let copies = copies_by_source(&r.target).await;
+    assert_eq!(copies[id].len(), 1, "{copies:?}");
+    let copy = &copies[id][0];
+    assert_eq!(copy["status"], "active");
+    for key in ["size", "checksum", "os_hash_value"] {
+        assert_eq!(copy[key], img[key], "{key}");
+    }
+    assert_eq!(r.target.list_all().await.len(), 1, "no half-made copy left");
+    r.remove_regions().await;
+}
