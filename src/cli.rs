@@ -745,12 +745,14 @@ async fn check(config: &Config, format: Format) -> Result<ExitCode, Failure> {
         }
         report.insert(name.clone(), entry);
     }
+    let transfers = check_transfers(config, &engine, format, &mut ok).await;
     check_state_dir(&config.state_path).map_err(usage)?;
     match format {
         Format::Json => println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "clouds": report,
+                "jobs": transfers,
                 "state": config.state_path,
             }))
             .expect("check report serialises")
@@ -758,6 +760,75 @@ async fn check(config: &Config, format: Format) -> Result<ExitCode, Failure> {
         Format::Table => println!("state: {}", config.state_path.display()),
     }
     Ok(ExitCode::from(if ok { 0 } else { 1 }))
+}
+
+/// For each job and target: how a run would move the bytes (`transfer`, discovered as a run
+/// does), the target's stores and whether it has those the job names.
+async fn check_transfers(
+    config: &Config,
+    engine: &Engine,
+    format: Format,
+    ok: &mut bool,
+) -> serde_json::Value {
+    use glance_sync::server_copy::{self, Route};
+    let mut jobs = serde_json::Map::new();
+    for job in &config.jobs {
+        let mut targets = serde_json::Map::new();
+        for target in &job.targets {
+            let policy = job.policy(target);
+            let client = engine.client(target);
+            let (route, why) =
+                server_copy::discover(engine.client(&job.source), client, policy.transfer).await;
+            let (how, mut error) = match &route {
+                Route::Stream => (
+                    format!(
+                        "stream{}",
+                        why.as_deref()
+                            .map(|w| format!(" (transfer = \"auto\": {w})"))
+                            .unwrap_or_default()
+                    ),
+                    None,
+                ),
+                Route::Pull(from) => (format!("glance-download from region {}", from.region), None),
+                Route::Refuse(reason) => ("none".to_string(), Some(reason.clone())),
+            };
+            let stores = client.stores().await;
+            let listed = match &stores {
+                Ok(Some(have)) => format!("stores {}", have.join(", ")),
+                Ok(None) => "single store".to_string(),
+                Err(e) => format!("stores unknown ({e})"),
+            };
+            if error.is_none()
+                && let Err(e) = server_copy::check_stores(client, &policy.stores).await
+            {
+                error = Some(e);
+            }
+            *ok &= error.is_none();
+            if format == Format::Table {
+                match &error {
+                    None => println!("job {} -> {target}: {how}; {listed}", job.name),
+                    Some(e) => println!(
+                        "job {} -> {target}: FAILED: {}; {listed}",
+                        job.name,
+                        escape(e)
+                    ),
+                }
+            }
+            targets.insert(
+                target.clone(),
+                serde_json::json!({
+                    "transfer": policy.transfer.as_str(),
+                    "moves_bytes": how,
+                    "stores": stores.ok().flatten(),
+                    "wanted_stores": policy.stores,
+                    "ok": error.is_none(),
+                    "error": error,
+                }),
+            );
+        }
+        jobs.insert(job.name.clone(), targets.into());
+    }
+    jobs.into()
 }
 
 /// Rules that need the admin role on `cloud` (copies owned by the source image's project), said

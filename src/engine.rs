@@ -216,8 +216,12 @@ impl Engine {
         let source = self.client(&job.source);
         let mut routes = HashMap::new();
         for target in targets {
-            let wanted = job.policy(target).transfer;
-            let (route, why) = server_copy::discover(source, self.client(target), wanted).await;
+            let policy = job.policy(target);
+            let (mut route, why) =
+                server_copy::discover(source, self.client(target), policy.transfer).await;
+            if let Err(why) = server_copy::check_stores(self.client(target), &policy.stores).await {
+                route = Route::Refuse(why);
+            }
             if let Some(why) = why {
                 tracing::info!(job = %job.name, target, "transfer = \"auto\": streaming to {target}: {why}");
             }
@@ -823,6 +827,7 @@ impl Execution<'_> {
                 reuse_existing: matches!(id, NewCopyId::Reuse { .. }),
                 preserving_id: matches!(id, NewCopyId::Source { .. }),
                 fallback,
+                store: self.job.policy(&action.target).stores.first().cloned(),
             });
             group_copying.push(action);
         }
@@ -863,8 +868,25 @@ impl Execution<'_> {
             }
             self.state
                 .copy_settled(&action.target, &outcome.target_id)?;
-            // The copy is made and verified: then it gets its members.
+            // The copy is made and verified: then it goes into the other stores wanted (a pull
+            // went into all of them at once) and gets its members.
             let mut error = error;
+            let stores = &self.job.policy(&action.target).stores;
+            if error.is_none()
+                && outcome.method == transfer::CopyMethod::Stream
+                && stores.len() > 1
+                && let Err(e) = server_copy::copy_to_stores(
+                    self.engine.client(&action.target),
+                    &outcome.target_id,
+                    &stores[1..],
+                    self.engine.settings.stall_timeout,
+                )
+                .await
+            {
+                error = Some(format!(
+                    "copied and verified, but not into every store: {e}"
+                ));
+            }
             if error.is_none()
                 && let ActionKind::Copy {
                     members: Some(changes),
@@ -982,6 +1004,7 @@ impl Execution<'_> {
                     rules: &policy.metadata,
                     may_stream: policy.transfer == TransferMethod::Auto,
                     stall_timeout: self.engine.settings.stall_timeout,
+                    stores: &policy.stores,
                 };
                 server_copy::glance_download(&pull, t, self.cancel).await
             }
@@ -1014,6 +1037,7 @@ impl Execution<'_> {
                 protect: *protect,
                 reuse_existing: true,
                 fallback: None,
+                store: self.job.policy(&action.target).stores.first().cloned(),
             });
         }
         outcomes.extend(self.stream(image, label, again).await);
@@ -1144,6 +1168,15 @@ impl Execution<'_> {
             }
             ActionKind::SyncMembers { target_id, changes } => {
                 apply_members(client, target_id, changes).await
+            }
+            ActionKind::CopyToStores { target_id, stores } => {
+                server_copy::copy_to_stores(
+                    client,
+                    target_id,
+                    stores,
+                    self.engine.settings.stall_timeout,
+                )
+                .await
             }
             ActionKind::Deactivate { target_id } => client.deactivate(target_id).await,
             ActionKind::Reactivate { target_id } => client.reactivate(target_id).await,
@@ -1451,5 +1484,6 @@ fn result_word(kind: &ActionKind) -> &'static str {
         ActionKind::PruneRefused { .. } => "prune_refused",
         ActionKind::Refused { .. } => "refused",
         ActionKind::SyncMembers { .. } => "members",
+        ActionKind::CopyToStores { .. } => "stored",
     }
 }

@@ -467,12 +467,14 @@ impl GlanceClient {
         self.session.retries()
     }
 
-    /// `PUT /file` with a streamed body of exactly `size` bytes. Not retried: the body is consumed.
+    /// `PUT /file` with a streamed body of exactly `size` bytes, into `store` of a multi-store
+    /// Glance when given. Not retried: the body is consumed.
     pub async fn upload(
         &self,
         id: &str,
         size: u64,
         body: reqwest::Body,
+        store: Option<&str>,
     ) -> Result<(), GlanceError> {
         let operation = format!("upload data of image {id}");
         let access = self.session.access().await?;
@@ -491,6 +493,9 @@ impl GlanceClient {
             .body(body);
         if let Some(t) = token_header(&access) {
             req = req.header("X-Auth-Token", t);
+        }
+        if let Some(store) = store {
+            req = req.header("X-Image-Meta-Store", store);
         }
         let started = Instant::now();
         let resp = req.send().await;

@@ -378,6 +378,12 @@ pub enum ActionKind {
         #[serde(skip)]
         metadata: Box<Metadata>,
     },
+    /// Our copy is missing from stores the job wants it in (`stores`): the target's Glance
+    /// copies it there from a store it is in (copy-image).
+    CopyToStores {
+        target_id: String,
+        stores: Vec<String>,
+    },
     /// Give our copy its source image's members (`members = true`).
     SyncMembers {
         target_id: String,
@@ -481,6 +487,9 @@ impl Action {
                 )
             }
             ActionKind::UpdateMetadata { changes, .. } => format!("update metadata: {changes}"),
+            ActionKind::CopyToStores { stores, .. } => {
+                format!("copy into store {} (copy-image)", stores.join(", "))
+            }
             ActionKind::Relink {
                 previous_source_id,
                 changes,
@@ -529,6 +538,7 @@ impl Action {
             | ActionKind::UpdateMetadata { target_id, .. }
             | ActionKind::Relink { target_id, .. }
             | ActionKind::SyncMembers { target_id, .. }
+            | ActionKind::CopyToStores { target_id, .. }
             | ActionKind::Deactivate { target_id }
             | ActionKind::Reactivate { target_id }
             | ActionKind::InSync { target_id, .. }
@@ -554,6 +564,20 @@ impl Action {
                 | ActionKind::Refused { .. }
         )
     }
+}
+
+/// The stores of `wanted` that `copy` is not in (Glance lists an image's stores comma-separated;
+/// a single-store Glance lists none, and then no store is wanted either).
+pub fn missing_stores(copy: &Image, wanted: &[String]) -> Vec<String> {
+    let Some(have) = copy.property("stores") else {
+        return vec![];
+    };
+    let have: BTreeSet<&str> = have.split(',').map(str::trim).collect();
+    wanted
+        .iter()
+        .filter(|s| !have.contains(s.as_str()))
+        .cloned()
+        .collect()
 }
 
 /// Why a source image is not replicated at all, or `None` if it is a candidate.
@@ -1141,6 +1165,13 @@ pub fn plan(input: &PlanInput, new_id: &mut dyn FnMut(&str, &str) -> String) -> 
                                 changes,
                             }));
                         }
+                    }
+                    let missing = missing_stores(c, &job.policy(target).stores);
+                    if !missing.is_empty() && c.is_active() {
+                        actions.push(action(ActionKind::CopyToStores {
+                            target_id: c.id.clone(),
+                            stores: missing,
+                        }));
                     }
                     if s.is_deactivated() && c.is_active() {
                         actions.push(action(ActionKind::Deactivate {

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{MetadataRules, TransferMethod};
-use crate::glance::GlanceClient;
+use crate::glance::{GlanceClient, GlanceError};
 use crate::image::Image;
 use crate::metadata::{Metadata, current_metadata, metadata_patch};
 use crate::transfer::{CopyMethod, CopyOutcome, CopyTarget, FailureReason, TransferError};
@@ -139,6 +139,8 @@ pub struct Pull<'a> {
     /// `transfer = "auto"`: a failure a stream would not have is handed back for streaming.
     pub may_stream: bool,
     pub stall_timeout: Duration,
+    /// Stores of a multi-store target to import into (empty: its default).
+    pub stores: &'a [String],
 }
 
 /// Has `t`'s Glance pull `p.source` into our copy, then verifies it and sets its metadata.
@@ -200,7 +202,10 @@ async fn pull(
 ) -> Result<Image, PullFailure> {
     let cloud = t.client.cloud();
     let id = &t.target_id;
-    let body = import_body(&p.source.id, p.from);
+    let mut body = import_body(&p.source.id, p.from);
+    if !p.stores.is_empty() {
+        body["stores"] = json!(p.stores);
+    }
     let fail = |reason, message: String, nothing_stored, keep| PullFailure {
         error: TransferError::new(reason, message),
         nothing_stored,
@@ -384,4 +389,104 @@ fn import_body(source_id: &str, from: &PullFrom) -> Value {
         "glance_region": from.region,
         "glance_service_interface": from.interface,
     }})
+}
+
+/// Has a multi-store target copy one of its images into `stores` from a store it is in
+/// (`copy-image`, admin-only in Glance's default policy), and waits until the image is in every
+/// one of them.
+pub async fn copy_to_stores(
+    client: &GlanceClient,
+    id: &str,
+    stores: &[String],
+    stall_timeout: Duration,
+) -> Result<(), GlanceError> {
+    let operation = format!("copy image {id} into store {}", stores.join(", "));
+    let body = json!({"method": {"name": "copy-image"}, "stores": stores});
+    client.import_image(id, &body).await?;
+    let started = Instant::now();
+    let mut wait = Duration::from_millis(200);
+    loop {
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(2));
+        let image = client.get_image(id).await?;
+        let listed = |key: &str| -> Vec<String> {
+            image
+                .property(key)
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        };
+        let failed: Vec<String> = listed("os_glance_failed_import")
+            .into_iter()
+            .filter(|s| stores.contains(s))
+            .collect();
+        if !failed.is_empty() {
+            return Err(client.protocol(
+                &operation,
+                format!(
+                    "Glance could not copy it into store {} (os_glance_failed_import); the cause \
+                     is in cloud '{}''s glance-api log",
+                    failed.join(", "),
+                    client.cloud()
+                ),
+            ));
+        }
+        let have = listed("stores");
+        if stores.iter().all(|s| have.contains(s)) && image.property(IMPORT_LOCK).is_none() {
+            return Ok(());
+        }
+        let limit = stall_timeout
+            + Duration::from_secs(image.size.unwrap_or(0) / MIN_PULL_BYTES_PER_SECOND);
+        if started.elapsed() > limit {
+            return Err(client.protocol(
+                &operation,
+                format!(
+                    "not in every store within {} s (in: {}): the target's import worker may be \
+                     stuck; its glance-api log says more",
+                    limit.as_secs(),
+                    have.join(", ")
+                ),
+            ));
+        }
+    }
+}
+
+/// Whether `target` has every store in `wanted`: `Err` says which it lacks, or that it has a
+/// single store.
+pub async fn check_stores(target: &GlanceClient, wanted: &[String]) -> Result<(), String> {
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    match target.stores().await {
+        Ok(Some(have)) => {
+            let unknown: Vec<&str> = wanted
+                .iter()
+                .filter(|s| !have.contains(s))
+                .map(String::as_str)
+                .collect();
+            if unknown.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "cloud '{}' has no store {} (it has: {}): fix stores in the job",
+                    target.cloud(),
+                    unknown.join(", "),
+                    have.join(", ")
+                ))
+            }
+        }
+        Ok(None) => Err(format!(
+            "cloud '{}' is a single-store Glance, but the job names stores {}: remove stores \
+             for this target",
+            target.cloud(),
+            wanted.join(", ")
+        )),
+        Err(e) => Err(format!(
+            "the stores of cloud '{}' could not be read: {e}",
+            target.cloud()
+        )),
+    }
 }

@@ -114,6 +114,8 @@ pub struct CopyTarget {
     /// an image holds it, or a deleted one did), this id and body are used instead, when given.
     pub fallback: Option<(String, Value)>,
     pub preserving_id: bool,
+    /// The store of a multi-store target to upload into (`stores`: the first one).
+    pub store: Option<String>,
 }
 
 /// What moved a copy's bytes (the `method` label of `glance_sync_bytes_copied_total`).
@@ -250,7 +252,7 @@ pub async fn copy_image(
 
     let mut lanes: Vec<Lane> = live
         .iter()
-        .map(|t| Lane::start(t.client.clone(), t.target_id.clone(), size))
+        .map(|t| Lane::start(t.client.clone(), t.target_id.clone(), size, t.store.clone()))
         .collect();
 
     let streamed = pump(
@@ -363,7 +365,7 @@ struct Lane {
 }
 
 impl Lane {
-    fn start(client: GlanceClient, target_id: String, size: u64) -> Lane {
+    fn start(client: GlanceClient, target_id: String, size: u64, store: Option<String>) -> Lane {
         let (tx, rx) = mpsc::channel::<Bytes>(UPLOAD_QUEUE_CHUNKS);
         let abort = CancellationToken::new();
         let body = reqwest::Body::wrap_stream(futures_util::stream::unfold(
@@ -383,7 +385,8 @@ impl Lane {
         ));
         let cloud = client.cloud().to_string();
         let id = target_id.clone();
-        let task = tokio::spawn(async move { client.upload(&id, size, body).await });
+        let task =
+            tokio::spawn(async move { client.upload(&id, size, body, store.as_deref()).await });
         Lane {
             tx: Some(tx),
             abort,

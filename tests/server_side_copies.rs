@@ -28,17 +28,18 @@ struct Regions {
 }
 
 impl Regions {
-    async fn start(tag: &str, target_methods: &str) -> Regions {
+    /// `target_stores`: "a,b" for a multi-store target, "" for a single store.
+    async fn start(tag: &str, target_methods: &str, target_stores: &str) -> Regions {
         let src =
             RealGlance::start_with(&format!("{tag}-src"), None, &[("GLANCE_AUTH", "keystone")]);
-        let dst = RealGlance::start_with(
-            &format!("{tag}-dst"),
-            None,
-            &[
-                ("GLANCE_AUTH", "keystone"),
-                ("GLANCE_IMPORT_METHODS", target_methods),
-            ],
-        );
+        let mut env = vec![
+            ("GLANCE_AUTH", "keystone"),
+            ("GLANCE_IMPORT_METHODS", target_methods),
+        ];
+        if !target_stores.is_empty() {
+            env.push(("GLANCE_STORES", target_stores));
+        }
+        let dst = RealGlance::start_with(&format!("{tag}-dst"), None, &env);
         keystone::add_region(&format!("{tag}-src"), &src.url).await;
         keystone::add_region(&format!("{tag}-dst"), &dst.url).await;
         let (token, _) = demo_token().await;
@@ -132,7 +133,7 @@ fn downloads(glance: &RealGlance) -> Vec<(String, String)> {
 #[tokio::test]
 #[ignore = "needs real Glance and Keystone: run tests/run.sh"]
 async fn glance_download_makes_exact_copies_without_a_byte_through_glance_sync() {
-    let r = Regions::start("gd-exact", WITH_GLANCE_DOWNLOAD).await;
+    let r = Regions::start("gd-exact", WITH_GLANCE_DOWNLOAD, "").await;
     let seeded = seed_source(&r.source).await;
     let config = r.config("transfer = \"glance-download\"", None);
 
@@ -210,7 +211,7 @@ async fn glance_download_makes_exact_copies_without_a_byte_through_glance_sync()
 #[tokio::test]
 #[ignore = "needs real Glance and Keystone: run tests/run.sh"]
 async fn auto_streams_to_a_target_without_glance_download_which_glance_download_names() {
-    let r = Regions::start("gd-off", "glance-direct,web-download,copy-image").await;
+    let r = Regions::start("gd-off", "glance-direct,web-download,copy-image", "").await;
     let img = r
         .source
         .create_with_data(
@@ -258,7 +259,7 @@ async fn auto_streams_to_a_target_without_glance_download_which_glance_download_
 #[tokio::test]
 #[ignore = "needs real Glance and Keystone: run tests/run.sh"]
 async fn a_pull_from_a_region_the_target_does_not_know_fails_clearly_and_auto_streams() {
-    let r = Regions::start("gd-region", WITH_GLANCE_DOWNLOAD).await;
+    let r = Regions::start("gd-region", WITH_GLANCE_DOWNLOAD, "").await;
     let img = r
         .source
         .create_with_data(
@@ -316,7 +317,7 @@ async fn a_pull_from_a_region_the_target_does_not_know_fails_clearly_and_auto_st
 #[tokio::test]
 #[ignore = "needs real Glance and Keystone: run tests/run.sh"]
 async fn a_source_serving_short_data_leaves_no_locked_or_half_made_copy() {
-    let r = Regions::start("gd-short", WITH_GLANCE_DOWNLOAD).await;
+    let r = Regions::start("gd-short", WITH_GLANCE_DOWNLOAD, "").await;
     let img = r
         .source
         .create_with_data(
@@ -351,7 +352,7 @@ async fn a_source_serving_short_data_leaves_no_locked_or_half_made_copy() {
 #[tokio::test]
 #[ignore = "needs real Glance and Keystone: run tests/run.sh"]
 async fn killed_during_an_import_then_run_again_leaves_one_verified_copy() {
-    let r = Regions::start("gd-kill", WITH_GLANCE_DOWNLOAD).await;
+    let r = Regions::start("gd-kill", WITH_GLANCE_DOWNLOAD, "").await;
     let img = r
         .source
         .create_streamed(image_body("big", "raw", json!({})), 192 << 20, 10)
@@ -391,5 +392,96 @@ async fn killed_during_an_import_then_run_again_leaves_one_verified_copy() {
         assert_eq!(copy[key], img[key], "{key}");
     }
     assert_eq!(r.target.list_all().await.len(), 1, "no half-made copy left");
+    r.remove_regions().await;
+}
+
+#[tokio::test]
+#[ignore = "needs real Glance and Keystone: run tests/run.sh"]
+async fn copies_go_into_every_store_listed_and_a_missing_store_is_filled_by_copy_image() {
+    let r = Regions::start("gd-stores", WITH_GLANCE_DOWNLOAD, "a,b").await;
+    let first = r
+        .source
+        .create_with_data(
+            image_body("first", "raw", json!({"protected": true})),
+            random_bytes(400_000, 12),
+        )
+        .await;
+    let first_id = first["id"].as_str().unwrap();
+
+    // `check` lists the target's stores and flags a name it does not have.
+    let unknown = r.config("stores = [\"a\", \"zz\"]", None);
+    let check = glance_sync(&unknown, &["check"]).await;
+    check.assert_code(1);
+    assert!(
+        check.stdout.contains("stores a, b") && check.stdout.contains("has no store zz"),
+        "{}",
+        check.stdout
+    );
+
+    // Streamed into store a only.
+    let only_a = r.config("stores = [\"a\"]", None);
+    glance_sync(&only_a, &["run"]).await.assert_code(0);
+    let copy = &copies_by_source(&r.target).await[first_id][0];
+    assert_eq!(copy["stores"], "a");
+    let copy_id = copy["id"].as_str().unwrap().to_string();
+
+    // Both stores wanted: the copy is completed by copy-image, not uploaded again; a new image
+    // is pulled into both at once.
+    let second = r
+        .source
+        .create_with_data(
+            image_body("second", "raw", json!({})),
+            random_bytes(300_000, 13),
+        )
+        .await;
+    let both = r.config(
+        "stores = [\"a\", \"b\"]\ntransfer = \"glance-download\"",
+        None,
+    );
+    let plan = glance_sync(&both, &["plan"]).await;
+    plan.assert_code(0);
+    assert!(
+        plan.stdout.contains("copy into store b (copy-image)"),
+        "{}",
+        plan.stdout
+    );
+    let writes_before = r.dst.write_requests().len();
+    glance_sync(&both, &["run"]).await.assert_code(0);
+    let writes: Vec<String> = r.dst.write_requests()[writes_before..].to_vec();
+    assert!(
+        !writes
+            .iter()
+            .any(|w| w.contains(&format!("{copy_id}/file"))),
+        "the copy was uploaded again: {writes:?}"
+    );
+    assert!(
+        writes
+            .iter()
+            .any(|w| w.starts_with(&format!("POST /v2/images/{copy_id}/import"))),
+        "{writes:?}"
+    );
+    let copies = copies_by_source(&r.target).await;
+    for (id, name) in [
+        (first_id, "first"),
+        (second["id"].as_str().unwrap(), "second"),
+    ] {
+        let copy = &copies[id][0];
+        let mut stores: Vec<&str> = copy["stores"].as_str().unwrap().split(',').collect();
+        stores.sort();
+        assert_eq!(stores, ["a", "b"], "'{name}'");
+        for store in ["a", "b"] {
+            let file = r
+                .dst
+                .state_dir()
+                .join(format!("images-{store}"))
+                .join(copy["id"].as_str().unwrap());
+            assert!(file.exists(), "'{name}' has no file in store {store}");
+        }
+    }
+    assert_eq!(copies[first_id][0]["protected"], true);
+    // In sync now: nothing more to do.
+    let writes = r.dst.write_requests().len();
+    glance_sync(&both, &["run"]).await.assert_code(0);
+    assert_eq!(r.dst.write_requests().len(), writes);
     r.remove_regions().await;
 }
