@@ -49,6 +49,7 @@ const SECTIONS: &[&str] = &[
     "bandwidth",
     "scale",
     "million",
+    "servercopy",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -77,6 +78,8 @@ struct Args {
     scale_targets: usize,
     /// (11): source images, each already on the one target.
     million_images: usize,
+    /// (12): size of each of the four images copied server-side and streamed.
+    servercopy_mib: u64,
     only: Vec<String>,
     /// (3b): also the peer without `stream=True` (holds the image in memory).
     peer_in_memory: bool,
@@ -103,12 +106,14 @@ cargo bench --bench sync -- [OPTIONS]
   --scale-targets N     targets in (10) (default 4)
   --million-images N    images already on the one target for the no-op run of (11)
                         (default 1000000)
+  --servercopy-mib N    size of each of the 4 images copied to 2 real Glance targets by
+                        glance-download and by stream, (12) (default 512)
   --no-peer-in-memory   skip (3b), the peer downloading into memory (2 × the image in RAM)
   --glance-sync PATH    measure this glance-sync binary instead of this build's (A/B of a change)
   --previous PATH       also copy (2) with this binary (the previous release) in each repetition,
                         and judge the speed-up on the pairs, (2p)
   --only LIST           comma-separated subset of: hash,copy,peer,real,noop,plan,parallel,fanout,
-                        firstrun,bandwidth,scale,million
+                        firstrun,bandwidth,scale,million,servercopy
 ";
 
 fn parse_args() -> Args {
@@ -121,6 +126,7 @@ fn parse_args() -> Args {
         quick: !bench_mode,
         hash_mib: 512,
         real_mib: 512,
+        servercopy_mib: 512,
         parallel_mib: 512,
         noop_images: 10_000,
         plan_images: 10_000,
@@ -155,6 +161,7 @@ fn parse_args() -> Args {
                 explicit.push("hash");
             }
             "--real-size-mib" => a.real_mib = num(&mut it, arg),
+            "--servercopy-mib" => a.servercopy_mib = num(&mut it, arg),
             "--parallel-mib" => {
                 a.parallel_mib = num(&mut it, arg);
                 explicit.push("parallel");
@@ -240,7 +247,7 @@ fn die(msg: &str) -> ! {
 
 impl Args {
     fn wants(&self, section: &str) -> bool {
-        if section == "real" && self.quick {
+        if (section == "real" || section == "servercopy") && self.quick {
             return false;
         }
         self.only.is_empty() || self.only.iter().any(|s| s == section)
@@ -885,7 +892,7 @@ fn bench_harness() -> PathBuf {
         .to_owned();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-harness");
     std::fs::create_dir_all(&root).unwrap();
-    for name in ["venv-glance", "template"] {
+    for name in ["venv-glance", "venv-keystone", "template"] {
         let link = root.join(name);
         if std::fs::symlink_metadata(&link).is_err() {
             std::os::unix::fs::symlink(shared.join(name), &link).unwrap();
@@ -903,11 +910,17 @@ fn free_port() -> u16 {
 
 impl RealGlance {
     fn start(harness: &Path, name: &str) -> RealGlance {
+        Self::start_with(harness, name, &[])
+    }
+
+    /// With `glance.sh`'s env knobs (`GLANCE_AUTH`, `GLANCE_IMPORT_METHODS`...).
+    fn start_with(harness: &Path, name: &str, env: &[(&str, &str)]) -> RealGlance {
         for _ in 0..5 {
             let port = free_port();
             let out = Command::new(glance_sh())
                 .args(["start", name, &port.to_string()])
                 .env("GLANCE_SYNC_HARNESS", harness)
+                .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .output()
                 .expect("glance.sh start");
@@ -2000,6 +2013,17 @@ fn main() {
 
     // ---- fan-out: two targets, the source is read once ------------------------------------
     let mut fanout = None;
+    if args.wants("servercopy") {
+        server_copy_rows(
+            &rt,
+            base,
+            &exe,
+            args.servercopy_mib * MIB,
+            args.reps,
+            &mut rep,
+        );
+    }
+
     if args.wants("fanout") {
         let fsize = (size / 4).max(MIB);
         let data = ImageData::synthetic(fsize, 5);
@@ -2184,5 +2208,266 @@ fn main() {
     rep.print(&header);
     if fanout.is_some_and(|(s, f)| s != f) || bandwidth.is_some_and(|(e, _)| e.abs() > 0.05) {
         std::process::exit(1);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// (12) server-side copy: the targets pull (glance-download) vs glance-sync streams
+// ---------------------------------------------------------------------------------------------
+
+/// The harness's Keystone (tests/harness/keystone.sh) under the bench's harness root, on a free
+/// port, with one catalog region per real Glance of the row; stopped on drop.
+struct BenchKeystone {
+    harness: PathBuf,
+}
+
+impl BenchKeystone {
+    fn start(harness: &Path, port: u16, regions: &[(&str, &str)]) -> BenchKeystone {
+        let keystone_sh = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/harness/keystone.sh");
+        let extra: Vec<String> = regions.iter().map(|(r, u)| format!("{r}={u}")).collect();
+        let out = Command::new(keystone_sh)
+            .arg("start")
+            .env("GLANCE_SYNC_HARNESS", harness)
+            .env("KEYSTONE_PORT", port.to_string())
+            .env("GLANCE_EXTRA_REGIONS", extra.join(" "))
+            .stdin(Stdio::null())
+            .output()
+            .expect("keystone.sh start");
+        assert!(
+            out.status.success(),
+            "keystone.sh start failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        BenchKeystone {
+            harness: harness.to_owned(),
+        }
+    }
+}
+
+impl Drop for BenchKeystone {
+    fn drop(&mut self) {
+        let _ =
+            Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/harness/keystone.sh"))
+                .arg("stop")
+                .env("GLANCE_SYNC_HARNESS", &self.harness)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+    }
+}
+
+/// The bytes a Glance served for `GET .../file` to clients whose User-Agent starts with `agent`,
+/// from its request log (the harness logs the agent at the end of each line).
+fn served_file_bytes(glance: &RealGlance, agent: &str) -> u64 {
+    let log = glance.harness.join(format!(
+        "state/{}-{}/log/uwsgi.log",
+        glance.name, glance.port
+    ));
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("/file => generated ") && l.contains(&format!("\"{agent}")))
+        .filter_map(|l| {
+            let after = l.split_once(" => generated ")?.1;
+            after.split_once(' ')?.0.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+fn server_copy_rows(
+    rt: &tokio::runtime::Runtime,
+    base: &Path,
+    exe: &Path,
+    size: u64,
+    reps: usize,
+    rep: &mut Report,
+) {
+    const IMAGES: usize = 4;
+    let harness = bench_harness();
+    let ks_port = free_port();
+    let ks_url = format!("http://127.0.0.1:{ks_port}");
+    let keystone_env = |methods: &'static str| {
+        vec![
+            ("GLANCE_AUTH", "keystone".to_string()),
+            ("KEYSTONE_URL", ks_url.clone()),
+            ("GLANCE_IMPORT_METHODS", methods.to_string()),
+        ]
+    };
+    let start = |name: &str, methods: &'static str| {
+        let env = keystone_env(methods);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        RealGlance::start_with(&harness, name, &env)
+    };
+    let t = Instant::now();
+    let src = start("bench-sc-src", "glance-direct,web-download,copy-image");
+    let pulling = "glance-direct,web-download,copy-image,glance-download";
+    let t1 = start("bench-sc-t1", pulling);
+    let t2 = start("bench-sc-t2", pulling);
+    let _keystone = BenchKeystone::start(
+        &harness,
+        ks_port,
+        &[
+            ("bench-sc-src", &src.url),
+            ("bench-sc-t1", &t1.url),
+            ("bench-sc-t2", &t2.url),
+        ],
+    );
+    eprintln!(
+        "[bench] Keystone and three real Glance up in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(300))
+        .build()
+        .unwrap();
+    let token: String = rt.block_on(async {
+        let body = json!({"auth": {
+            "identity": {"methods": ["password"], "password": {"user": {
+                "name": "demo", "domain": {"name": "Default"}, "password": "demo-secret"}}},
+            "scope": {"project": {"name": "demo", "domain": {"name": "Default"}}}}});
+        let r = http
+            .post(format!("{ks_url}/v3/auth/tokens"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        r.headers()["x-subject-token"].to_str().unwrap().to_owned()
+    });
+    let sources: Vec<Value> = rt.block_on(async {
+        let mut out = vec![];
+        for i in 0..IMAGES {
+            let r = http
+                .post(format!("{}/v2/images", src.url))
+                .header("x-auth-token", &token)
+                .json(&json!({"name": format!("sc-{i}"), "disk_format": "raw",
+                               "container_format": "bare"}))
+                .send()
+                .await
+                .unwrap();
+            let img: Value = r.json().await.unwrap();
+            let id = img["id"].as_str().unwrap().to_owned();
+            let r = http
+                .put(format!("{}/v2/images/{id}/file", src.url))
+                .header("x-auth-token", &token)
+                .header("content-type", "application/octet-stream")
+                .body(synthetic_bytes(40 + i as u64, 0, size as usize))
+                .send()
+                .await
+                .unwrap();
+            assert!(r.status().is_success(), "upload: {}", r.status());
+            let img: Value = http
+                .get(format!("{}/v2/images/{id}", src.url))
+                .header("x-auth-token", &token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            out.push(img);
+        }
+        out
+    });
+    let cloud = |name: &str, region: &str| {
+        format!(
+            "[clouds.{name}]\nauth_type = \"password\"\nregion_name = \"{region}\"\n\
+             [clouds.{name}.auth]\nauth_url = \"{ks_url}/v3\"\nusername = \"demo\"\n\
+             password = \"demo-secret\"\nproject_name = \"demo\"\n\
+             user_domain_name = \"Default\"\nproject_domain_name = \"Default\"\n\n"
+        )
+    };
+    let total = size * IMAGES as u64;
+    for (method, id) in [("glance-download", "12"), ("stream", "12s")] {
+        let mut walls = vec![];
+        let mut through = vec![];
+        for r in 0..reps {
+            let dir = subdir(base, &format!("servercopy-{method}-{r}"));
+            let config = dir.join("config.toml");
+            std::fs::write(
+                &config,
+                format!(
+                    "[state]\npath = \"{}\"\n\n[transfer]\nmax_parallel_images = {IMAGES}\n\n{}{}{}\
+                     [[jobs]]\nname = \"sc\"\nsource = \"src\"\ntargets = [\"t1\", \"t2\"]\n\
+                     transfer = \"{method}\"\n",
+                    dir.join("state.db").display(),
+                    cloud("src", "bench-sc-src"),
+                    cloud("t1", "bench-sc-t1"),
+                    cloud("t2", "bench-sc-t2"),
+                ),
+            )
+            .unwrap();
+            let textfile = dir.join("metrics.prom");
+            let served0 = served_file_bytes(&src, "glance-sync");
+            let mut cmd = glance_sync_run(exe, &config);
+            cmd.arg("--metrics-textfile").arg(&textfile);
+            let run = run_child(cmd, &dir, "glance-sync");
+            run.check(&format!("glance-sync run, transfer = {method}"));
+            let metrics = std::fs::read_to_string(&textfile).unwrap_or_default();
+            let streamed: f64 = metrics
+                .lines()
+                .filter(|l| {
+                    l.starts_with("glance_sync_bytes_copied_total")
+                        && l.contains("method=\"stream\"")
+                })
+                .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+                .sum();
+            let read = served_file_bytes(&src, "glance-sync") - served0;
+            // Through glance-sync: read from the source plus written to the targets.
+            through.push(read as f64 + streamed);
+            walls.push(run.wall);
+            eprintln!(
+                "[bench]   {method} rep {r}: {:.1} s, {:.0} MB through glance-sync",
+                run.wall,
+                (read as f64 + streamed) / 1e6
+            );
+            rt.block_on(async {
+                for target in [&t1, &t2] {
+                    let list: Value = http
+                        .get(format!("{}/v2/images", target.url))
+                        .header("x-auth-token", &token)
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    let copies = list["images"].as_array().unwrap();
+                    assert_eq!(copies.len(), IMAGES, "copies on {}", target.url);
+                    for copy in copies {
+                        let original = sources
+                            .iter()
+                            .find(|s| s["name"] == copy["name"])
+                            .expect("a copy of a source image");
+                        for k in ["status", "size", "checksum", "os_hash_value"] {
+                            assert_eq!(copy[k], original[k], "{k} of {}", copy["name"]);
+                        }
+                        let id = copy["id"].as_str().unwrap();
+                        http.delete(format!("{}/v2/images/{id}", target.url))
+                            .header("x-auth-token", &token)
+                            .send()
+                            .await
+                            .unwrap();
+                    }
+                }
+            });
+        }
+        let (lo, hi) = range(&walls);
+        rep.row(
+            id,
+            &format!(
+                "{IMAGES} × {} MiB to 2 real Glance targets, {method}",
+                size / MIB
+            ),
+            format!("{:.1} s", median(&walls)),
+            format!(
+                "range {lo:.1}–{hi:.1} s; {:.0} MB through glance-sync (of {:.0} MB copied), \
+                 {:.0} MB/s per target",
+                median(&through) / 1e6,
+                2.0 * total as f64 / 1e6,
+                total as f64 / 1e6 / median(&walls)
+            ),
+        );
     }
 }

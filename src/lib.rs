@@ -1,7 +1,7 @@
 //! glance-sync: keeps OpenStack Glance images identical across clouds.
 //!
 //! The data path, module by module: [`config`] (the policy) → [`auth`] + [`glance`] (listing both
-//! sides, kept in a [`listing`] and read back a range of names at a time) → [`plan`] (pure diff into actions, with [`metadata`] for what copies carry) → [`transfer`] (streaming copy) → [`verify`]
+//! sides, kept in a [`listing`] and read back a range of names at a time) → [`plan`] (pure diff into actions, with [`metadata`] for what copies carry) → [`transfer`] (streaming copy) or [`server_copy`] (the target Glance pulls) → [`verify`]
 //! (digests and checks) → [`state`] (record). [`engine`] drives that path for one job.
 //! See ARCHITECTURE.md for the codemap and the invariants.
 

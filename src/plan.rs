@@ -1408,6 +1408,48 @@ mod tests {
     }
 
     #[test]
+    fn our_copy_missing_from_a_wanted_store_is_copied_there_and_nothing_else_is() {
+        let s = image("s1", "ubuntu", "m1");
+        let mut j = job(&["a"]);
+        j.policies.insert(
+            "a".into(),
+            crate::config::TargetPolicy {
+                stores: vec!["fast".into(), "slow".into()],
+                ..Default::default()
+            },
+        );
+        let mut in_fast = copy_of(&s, "t1");
+        in_fast.extra.insert("stores".into(), "fast".into());
+        // Glance's import bookkeeping on the copy is no drift.
+        in_fast
+            .extra
+            .insert("os_glance_import_task".into(), "task-1".into());
+        in_fast
+            .extra
+            .insert("os_glance_failed_import".into(), "".into());
+        let mut foreign = image("s2", "debian", "m2");
+        foreign.extra.insert("stores".into(), "fast".into());
+        let mut ledger = Ledger::default();
+        ours(&mut ledger, "a", "t1", "s1");
+        let p = run(
+            &j,
+            &[s.clone(), image("s2", "debian", "m2")],
+            &[("a", vec![in_fast.clone(), foreign])],
+            &ledger,
+        );
+        assert_eq!(
+            kinds(&p),
+            vec![
+                "s1@a: copy into store slow (copy-image)",
+                "s2@a: in sync (foreign image: not created by this job, left untouched)"
+            ]
+        );
+        in_fast.extra.insert("stores".into(), "slow,fast".into());
+        let p = run(&j, &[s], &[("a", vec![in_fast])], &ledger);
+        assert_eq!(kinds(&p), vec!["s1@a: in sync"]);
+    }
+
+    #[test]
     fn missing_images_are_copied_to_every_target() {
         let s = image("s1", "ubuntu", "m1");
         let p = run(

@@ -521,6 +521,34 @@ pub fn check_copy(p: &Proven, copy: &Image) -> Result<(), VerifyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pulled_copy_must_equal_the_source_record_and_a_difference_blames_the_copy() {
+        let mut source = crate::image::tests::image("s", "ubuntu", "m");
+        source.size = Some(10);
+        source.checksum = Some("AB".into());
+        source.os_hash_algo = Some("sha512".into());
+        source.os_hash_value = Some("CD".into());
+        let proof = Proven::recorded_by(&source);
+        let mut copy = source.clone();
+        copy.checksum = Some("ab".into());
+        copy.os_hash_value = Some("cd".into());
+        assert!(check_copy(&proof, &copy).is_ok());
+        copy.os_hash_value = Some("ce".into());
+        assert!(matches!(
+            check_copy(&proof, &copy),
+            Err(VerifyError::CopyDiffers {
+                field: "os_hash_value",
+                ..
+            })
+        ));
+        copy.os_hash_value = Some("cd".into());
+        copy.size = Some(9);
+        assert!(matches!(
+            check_copy(&proof, &copy),
+            Err(VerifyError::CopyDiffers { field: "size", .. })
+        ));
+    }
     // The other implementation, to check ours against.
     use crate::image::tests::image;
     use sha2::{Sha384, Sha512};

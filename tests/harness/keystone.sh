@@ -18,6 +18,8 @@
 #   region "region-source" -> $GLANCE_SOURCE_URL (default http://127.0.0.1:19392)
 #   region "region-target" -> $GLANCE_TARGET_URL (default http://127.0.0.1:19393)
 #   (the internal endpoints say "localhost" instead of 127.0.0.1: same server, other URL)
+#   and one region per word of $GLANCE_EXTRA_REGIONS ("region=url ..."), e.g. the benchmark's
+#   regions of a server-side copy
 # (Never give a Keystone resource the id "target": pycadf rejects the audit
 # notification and the API answers 500 after the row was written.)
 # Also registered: service "keystone" (identity) in RegionOne, by bootstrap.
@@ -140,9 +142,10 @@ EOF
   log "answering after $(since "$t1") s (pid $pid)"
 
   # Users, roles, projects and the image catalog, through the API.
-  if ! "$VENV/bin/python" - "$URL" "$ADMIN_PW" "$SRC_URL" "$TGT_URL" >&2 <<'PYEOF'
+  if ! "$VENV/bin/python" - "$URL" "$ADMIN_PW" "$SRC_URL" "$TGT_URL" ${GLANCE_EXTRA_REGIONS:-} >&2 <<'PYEOF'
 import json, sys, urllib.error, urllib.request
-url, admin_pw, src, tgt = sys.argv[1:]
+url, admin_pw, src, tgt = sys.argv[1:5]
+extra = [tuple(word.split('=', 1)) for word in sys.argv[5:]]
 
 
 def call(method, path, body=None, token=None, ok=(200, 201, 204)):
@@ -193,11 +196,11 @@ for u, p, r in (('glance', 'service', 'service'), ('glance', 'service', 'admin')
                 ('viewer', 'demo', 'reader')):
     call('PUT', '/v3/projects/%s/users/%s/roles/%s' % (projects[p], users[u], roles[r]),
          token=tok)
-for region in ('region-source', 'region-target'):
+for region in ['region-source', 'region-target'] + [r for r, _ in extra]:
     if call('GET', '/v3/regions/' + region, token=tok, ok=(404,))[0] == 404:
         call('POST', '/v3/regions', {'region': {'id': region}}, tok)
 svc = ensure('services', 'service', {'name': 'glance', 'type': 'image'})
-for region, ep in (('region-source', src), ('region-target', tgt)):
+for region, ep in [('region-source', src), ('region-target', tgt)] + extra:
     for iface in ('public', 'internal', 'admin'):
         # The internal endpoint names the same server as "localhost": a client that picks the
         # wrong interface shows it.
