@@ -790,7 +790,7 @@ async fn check_transfers(
                     None,
                 ),
                 Route::Pull(from) => (format!("glance-download from region {}", from.region), None),
-                Route::Refuse(reason) => ("none".to_string(), Some(reason.clone())),
+                Route::Refuse(reason, _) => ("none".to_string(), Some(reason.clone())),
             };
             let stores = client.stores().await;
             let listed = match &stores {

@@ -220,7 +220,7 @@ impl Engine {
             let (mut route, why) =
                 server_copy::discover(source, self.client(target), policy.transfer).await;
             if let Err(why) = server_copy::check_stores(self.client(target), &policy.stores).await {
-                route = Route::Refuse(why);
+                route = Route::Refuse(why, FailureReason::TargetStore);
             }
             if let Some(why) = why {
                 tracing::info!(job = %job.name, target, "transfer = \"auto\": streaming to {target}: {why}");
@@ -739,7 +739,7 @@ impl Execution<'_> {
             else {
                 unreachable!("copy groups hold copies only")
             };
-            if let Some(Route::Refuse(reason)) = self.routes.get(&action.target) {
+            if let Some(Route::Refuse(reason, failure)) = self.routes.get(&action.target) {
                 self.state.record_outcome(
                     &self.job.name,
                     &self.job.source,
@@ -758,7 +758,7 @@ impl Execution<'_> {
                 );
                 results.push(ActionResult {
                     error: Some(reason.clone()),
-                    failure: Some(FailureReason::TargetImport),
+                    failure: Some(*failure),
                     method: None,
                     seconds: 0.0,
                     action,
@@ -846,7 +846,7 @@ impl Execution<'_> {
                 .find(|o| o.target == action.target)
                 .expect("one outcome per target");
             let error = outcome.result.as_ref().err().map(|e| e.message.clone());
-            let failure = outcome.result.as_ref().err().map(|e| e.reason);
+            let mut failure = outcome.result.as_ref().err().map(|e| e.reason);
             // The ids this copy did not get are not ours: the source's id the target refused
             // (another image holds it), or the fallback it did not need.
             let mut unused: Vec<&str> = outcome.refused_ids.iter().map(String::as_str).collect();
@@ -880,12 +880,14 @@ impl Execution<'_> {
                     &outcome.target_id,
                     &stores[1..],
                     self.engine.settings.stall_timeout,
+                    self.cancel,
                 )
                 .await
             {
                 error = Some(format!(
                     "copied and verified, but not into every store: {e}"
                 ));
+                failure = Some(FailureReason::TargetStore);
             }
             if error.is_none()
                 && let ActionKind::Copy {
@@ -1011,6 +1013,8 @@ impl Execution<'_> {
         }));
         let (mut outcomes, pulled) = tokio::join!(self.stream(image, label, streams), pulled);
         let mut again = Vec::new();
+        // The ids a pull's create refused stay refused whatever moves the bytes afterwards.
+        let mut refused: Vec<(String, Vec<String>)> = Vec::new();
         for p in pulled {
             let Some(why) = p.stream_instead else {
                 outcomes.push(p.outcome);
@@ -1028,20 +1032,73 @@ impl Execution<'_> {
             else {
                 unreachable!("copy groups hold copies only")
             };
+            let mut create_body = create_body.clone();
+            let mut ids = p.outcome.refused_ids;
+            let target_id = if p.id_spent {
+                // Glance never gives a deleted id out again: a new one, in the ledger first.
+                let id = uuid::Uuid::new_v4().to_string();
+                match self.record_started(image, &action.target, &id) {
+                    Ok(()) => {}
+                    Err(why) => {
+                        tracing::error!(job = %self.job.name, target = %action.target, "{why}");
+                        outcomes.push(transfer::CopyOutcome {
+                            refused_ids: ids,
+                            ..p.outcome
+                        });
+                        continue;
+                    }
+                }
+                create_body["id"] = id.clone().into();
+                // The spent id is no longer ours: it goes from the ledger with the outcome.
+                ids.push(p.outcome.target_id);
+                id
+            } else {
+                p.outcome.target_id
+            };
+            refused.push((p.outcome.target.clone(), ids));
             self.stream_from_now_on(&action.target, &why);
             again.push(CopyTarget {
                 client: self.engine.client(&action.target).clone(),
-                preserving_id: p.outcome.target_id == image.id,
-                target_id: p.outcome.target_id,
-                create_body: create_body.clone(),
+                preserving_id: target_id == image.id,
+                target_id,
+                create_body,
                 protect: *protect,
-                reuse_existing: true,
+                reuse_existing: p.created,
                 fallback: None,
                 store: self.job.policy(&action.target).stores.first().cloned(),
             });
         }
-        outcomes.extend(self.stream(image, label, again).await);
+        for mut o in self.stream(image, label, again).await {
+            if let Some((_, ids)) = refused.iter_mut().find(|(t, _)| *t == o.target) {
+                o.refused_ids.append(ids);
+            }
+            outcomes.push(o);
+        }
         outcomes
+    }
+
+    /// Records a new copy's id in the ledger before it is created; `Err` says why the copy
+    /// cannot be made now (another job recorded one meanwhile, or the database failed).
+    fn record_started(&self, image: &Image, target: &str, id: &str) -> Result<(), String> {
+        match self.state.record_copy_started(
+            &self.job.name,
+            self.run_id,
+            self.ledger_mark,
+            &self.job.source,
+            image,
+            target,
+            id,
+        ) {
+            Ok(None) => Ok(()),
+            Ok(Some(taken)) => Err(format!(
+                "copy of '{}' to {target} not streamed again: job '{}' recorded its copy {} \
+                 meanwhile",
+                image.name.as_deref().unwrap_or(""),
+                taken.job,
+                taken.target_id
+            )),
+            Err(e) => Err(format!("the state database refused a new copy's id: {e}")),
+        }
     }
 
     /// Streams one image to `targets` through glance-sync, with a progress bar.
@@ -1175,6 +1232,7 @@ impl Execution<'_> {
                     target_id,
                     stores,
                     self.engine.settings.stall_timeout,
+                    self.cancel,
                 )
                 .await
             }

@@ -758,7 +758,9 @@ fn copy_id(
         return Err(IdVerdict::Wait(
             "our copy with the source's id is being imported by the target's Glance (an earlier \
              run's glance-download): the next run verifies it once active, or imports into it \
-             again if the import failed"
+             again if the import failed. If it stays importing, the target's import worker \
+             died: delete it by hand (its id is then lost for good; preserve_ids = \"prefer\" \
+             copies under a new id)"
                 .into(),
         ));
     }

@@ -33,7 +33,7 @@ const IMPORT_LOCK: &str = "os_glance_import_task";
 
 /// An import is given `stall_timeout` plus its size at this rate before glance-sync gives up on
 /// it. Glance shows no byte progress during a pull, so this is the only bound there is.
-const MIN_PULL_BYTES_PER_SECOND: u64 = 10_000_000;
+const MIN_PULL_BYTES_PER_SECOND: u64 = 2_000_000;
 
 /// How a run copies to one target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,9 +42,9 @@ pub enum Route {
     Stream,
     /// The target pulls from the source region.
     Pull(PullFrom),
-    /// `transfer = "glance-download"` cannot work here: every copy to this target fails with
-    /// this reason.
-    Refuse(String),
+    /// No copy to this target can be made this run (`transfer = "glance-download"` cannot work,
+    /// a store the job names is missing): every one fails with this reason.
+    Refuse(String, FailureReason),
 }
 
 /// Where the target pulls from: the source cloud as the target's Keystone catalog names it.
@@ -68,12 +68,15 @@ pub async fn discover(
     let cannot = |why: String| match wanted {
         TransferMethod::Auto => (Route::Stream, Some(why)),
         _ => (
-            Route::Refuse(format!(
-                "transfer = \"glance-download\" cannot work from cloud '{}' to cloud '{}': {why}; \
-                 use transfer = \"auto\" or \"stream\"",
-                source.cloud(),
-                target.cloud()
-            )),
+            Route::Refuse(
+                format!(
+                    "transfer = \"glance-download\" cannot work from cloud '{}' to cloud '{}': \
+                     {why}; use transfer = \"auto\" or \"stream\"",
+                    source.cloud(),
+                    target.cloud()
+                ),
+                FailureReason::TargetImport,
+            ),
             None,
         ),
     };
@@ -101,10 +104,6 @@ pub async fn discover(
         region,
         interface: source.session().interface().to_string(),
     };
-    if wanted == TransferMethod::GlanceDownload {
-        // Asked for explicitly: a target without the method says so on the first import.
-        return (Route::Pull(from), None);
-    }
     match target.import_methods().await {
         Ok(methods) if methods.iter().any(|m| m == GLANCE_DOWNLOAD) => (Route::Pull(from), None),
         Ok(methods) => cannot(format!(
@@ -117,6 +116,8 @@ pub async fn discover(
                 methods.join(", ")
             }
         )),
+        // Asked for explicitly: the first import says whether the method is there.
+        Err(_) if wanted == TransferMethod::GlanceDownload => (Route::Pull(from), None),
         Err(e) => cannot(format!("its import methods could not be read: {e}")),
     }
 }
@@ -124,9 +125,14 @@ pub async fn discover(
 /// What became of one pull.
 pub struct Pulled {
     pub outcome: CopyOutcome,
-    /// The pull failed before any byte reached the copy, which is still ours and `queued` (or
-    /// holds a lock that an upload ignores): with `transfer = "auto"` the caller streams into it.
+    /// Why a stream should make this copy instead (`transfer = "auto"`): the pull failed before
+    /// any byte reached the copy, or could not be verified. The copy is then still ours and
+    /// `queued` (an upload ignores a lock a failed pull left), or was never created.
     pub stream_instead: Option<String>,
+    /// Whether the copy exists on the target (false: nothing was created, or it was deleted).
+    pub created: bool,
+    /// The copy's id was given to Glance and deleted: a stream needs a new one.
+    pub id_spent: bool,
 }
 
 /// Everything a pull needs besides the copy itself.
@@ -144,7 +150,32 @@ pub struct Pull<'a> {
 }
 
 /// Has `t`'s Glance pull `p.source` into our copy, then verifies it and sets its metadata.
+///
+/// A copy that fails is deleted, so nothing half-made stays behind, unless it carries the
+/// source's id (`preserve_ids`): Glance never gives a deleted id out again, so such a copy is
+/// left `queued` (or importing) and the next run imports or uploads into it.
 pub async fn glance_download(p: &Pull<'_>, t: CopyTarget, cancel: &CancellationToken) -> Pulled {
+    if p.source.checksum.is_none() && p.source.os_hash_value.is_none() {
+        // Only glance-sync's own hashing can prove such an image's bytes: nothing is created.
+        let why = format!(
+            "source image {} records no checksum or os_hash_value, so a copy its target pulls \
+             could not be verified; use transfer = \"stream\" (glance-sync hashes what it reads)",
+            p.source.id
+        );
+        return Pulled {
+            stream_instead: p.may_stream.then(|| why.clone()),
+            created: false,
+            id_spent: false,
+            outcome: CopyOutcome {
+                target: t.client.cloud().to_string(),
+                method: CopyMethod::GlanceDownload,
+                refused_ids: vec![],
+                target_id: t.target_id,
+                result: Err(TransferError::new(FailureReason::TargetImport, why)),
+                removed: true,
+            },
+        };
+    }
     let (t, created, refused) = crate::transfer::create(t).await;
     let outcome = |t: &CopyTarget, result: Result<(), TransferError>, removed: bool| CopyOutcome {
         target: t.client.cloud().to_string(),
@@ -158,40 +189,52 @@ pub async fn glance_download(p: &Pull<'_>, t: CopyTarget, cancel: &CancellationT
         return Pulled {
             outcome: outcome(&t, Err(e), false),
             stream_instead: None,
+            // A create that timed out may still have happened: the ledger keeps the id.
+            created: true,
+            id_spent: false,
         };
     }
     let failed = match pull(p, &t, cancel).await {
         Ok(copy) => {
+            let (result, removed) = finish(p, &t, &copy).await;
+            // Bytes Glance changed on the way (an import plugin converting formats, say): a
+            // stream puts the source's own bytes into a new copy.
+            let stream_instead = match &result {
+                Err(e) if p.may_stream && removed && e.reason == FailureReason::Verification => {
+                    Some(e.message.clone())
+                }
+                _ => None,
+            };
             return Pulled {
-                outcome: outcome(&t, finish(p, &t, &copy).await, false),
-                stream_instead: None,
+                outcome: outcome(&t, result, removed),
+                created: !removed,
+                id_spent: stream_instead.is_some(),
+                stream_instead,
             };
         }
         Err(f) => f,
     };
-    let stream_instead = (p.may_stream && failed.nothing_stored && !cancel.is_cancelled())
-        .then(|| failed.error.message.clone());
-    if stream_instead.is_some() {
+    if p.may_stream && failed.nothing_stored && !cancel.is_cancelled() {
         return Pulled {
+            stream_instead: Some(failed.error.message.clone()),
             outcome: outcome(&t, Err(failed.error), false),
-            stream_instead,
+            created: true,
+            id_spent: false,
         };
     }
-    // A copy under the source's id is kept (Glance never gives a deleted id out again); any
-    // other failed copy goes, so nothing half-made stays behind.
-    let removed = !failed.keep && !t.preserving_id && crate::transfer::remove_failed_copy(&t).await;
+    let removed = !t.preserving_id && crate::transfer::remove_failed_copy(&t).await;
     Pulled {
         outcome: outcome(&t, Err(failed.error), removed),
         stream_instead: None,
+        created: !removed,
+        id_spent: false,
     }
 }
 
 struct PullFailure {
     error: TransferError,
-    /// No byte of the image is on the target: the copy is `queued`.
+    /// No byte of the image is on the target: the copy is `queued`, its import over.
     nothing_stored: bool,
-    /// Leave the copy as it is: it is queued, without lock, and the next run imports into it.
-    keep: bool,
 }
 
 /// Starts the import and waits for its end: the copy active with the import's lock released.
@@ -206,39 +249,14 @@ async fn pull(
     if !p.stores.is_empty() {
         body["stores"] = json!(p.stores);
     }
-    let fail = |reason, message: String, nothing_stored, keep| PullFailure {
+    let fail = |reason, message: String, nothing_stored| PullFailure {
         error: TransferError::new(reason, message),
         nothing_stored,
-        keep,
     };
-    if let Err(e) = t.client.import_image(id, &body).await {
-        let text = e.to_string();
-        return Err(match e.status() {
-            Some(400) if text.contains("Unknown import method") => fail(
-                FailureReason::TargetImport,
-                format!(
-                    "cloud '{cloud}' does not offer the glance-download import method (add it to \
-                     enabled_import_methods in its glance-api.conf, or use transfer = \"auto\" \
-                     or \"stream\"): {text}"
-                ),
-                true,
-                true,
-            ),
-            Some(409) if text.contains("active task") => fail(
-                FailureReason::TargetImport,
-                format!(
-                    "copy {id} on cloud '{cloud}' is locked by an earlier import that failed while \
-                     downloading (Glance keeps the lock for an hour): {text}"
-                ),
-                true,
-                false,
-            ),
-            _ => PullFailure {
-                error: TransferError::from_glance(FailureReason::TargetImport, e),
-                nothing_stored: true,
-                keep: true,
-            },
-        });
+    if let Err(e) = t.client.import_image(id, &body).await
+        && let Some(refused) = refused_import(t, e).await
+    {
+        return Err(refused);
     }
     let size = p.source.size.unwrap_or(0);
     let limit = p.stall_timeout + Duration::from_secs(size / MIN_PULL_BYTES_PER_SECOND);
@@ -250,7 +268,6 @@ async fn pull(
                 FailureReason::Interrupted,
                 format!("shutting down during the import of copy {id} on cloud '{cloud}'"),
                 false,
-                false,
             )),
             _ = tokio::time::sleep(wait) => {}
         }
@@ -260,9 +277,11 @@ async fn pull(
             Err(e) if e.status() == Some(404) => {
                 return Err(fail(
                     FailureReason::TargetImport,
-                    format!("copy {id} on cloud '{cloud}' disappeared during its import"),
+                    format!(
+                        "copy {id} on cloud '{cloud}' disappeared during its import (deleted by \
+                         someone else?); the next run copies again"
+                    ),
                     false,
-                    true,
                 ));
             }
             // A passing error: the deadline bounds how long this goes on.
@@ -283,8 +302,10 @@ async fn pull(
             other => {
                 return Err(fail(
                     FailureReason::TargetImport,
-                    format!("copy {id} on cloud '{cloud}' became {other} during its import"),
-                    false,
+                    format!(
+                        "copy {id} on cloud '{cloud}' became {other} during its import; the \
+                         target's glance-api log says why"
+                    ),
                     false,
                 ));
             }
@@ -294,15 +315,94 @@ async fn pull(
                 FailureReason::TargetImport,
                 format!(
                     "the import of copy {id} on cloud '{cloud}' did not finish within {} s \
-                     (status {}): the target's Glance import worker may be stuck; its \
-                     glance-api log says more",
+                     (status {}; glance-sync allows stall_timeout plus 1 s per {} MB): the \
+                     target's import worker may be stuck or the link between the regions slow; \
+                     its glance-api log says more. Raise [transfer] stall_timeout for slow \
+                     links, or use transfer = \"stream\"",
                     limit.as_secs(),
-                    copy.status
+                    copy.status,
+                    MIN_PULL_BYTES_PER_SECOND / 1_000_000
                 ),
-                false,
                 false,
             ));
         }
+    }
+}
+
+/// Why the target refused to start the pull; `None` when the import is going after all (a first
+/// request got through, its answer was lost, and the retry was refused).
+async fn refused_import(t: &CopyTarget, e: GlanceError) -> Option<PullFailure> {
+    let cloud = t.client.cloud();
+    let id = &t.target_id;
+    let text = e.to_string();
+    let fail = |message: String, nothing_stored| PullFailure {
+        error: TransferError::new(FailureReason::TargetImport, message),
+        nothing_stored,
+    };
+    Some(match e.status() {
+        Some(400) if text.contains("Unknown import method") => fail(
+            format!(
+                "cloud '{cloud}' does not offer the glance-download import method (add it to \
+                     enabled_import_methods in its glance-api.conf, or use transfer = \"auto\" \
+                     or \"stream\"): {text}"
+            ),
+            true,
+        ),
+        // The import may be going after all: our first request got through and its answer
+        // was lost, and the retry was refused. What the image shows decides.
+        Some(409) => match import_state(t).await {
+            ImportState::Going => return None,
+            ImportState::Locked(task) => fail(
+                format!(
+                    "copy {id} on cloud '{cloud}' is locked by an earlier import (task \
+                         {task}) that failed while downloading; Glance keeps that lock for an \
+                         hour. The next run makes a new copy (or, with preserve_ids, uploads \
+                         into it with transfer = \"auto\"): {text}"
+                ),
+                true,
+            ),
+            ImportState::Other => fail(text.clone(), false),
+        },
+        Some(403) => fail(
+            format!(
+                "cloud '{cloud}' forbids glance-sync's user to import images (Glance's \
+                     policy); allow it, or use transfer = \"stream\": {text}"
+            ),
+            true,
+        ),
+        _ => PullFailure {
+            error: TransferError::from_glance(FailureReason::TargetImport, e),
+            nothing_stored: true,
+        },
+    })
+}
+
+/// What an image shows about an import glance-sync may or may not have started.
+enum ImportState {
+    /// Importing, or locked by a task that has not failed.
+    Going,
+    /// Locked by a task that failed (the id).
+    Locked(String),
+    Other,
+}
+
+async fn import_state(t: &CopyTarget) -> ImportState {
+    let Ok(copy) = t.client.get_image(&t.target_id).await else {
+        return ImportState::Other;
+    };
+    if copy.status == "importing" {
+        return ImportState::Going;
+    }
+    if copy.property(IMPORT_LOCK).is_none() {
+        return ImportState::Other;
+    }
+    match t.client.image_tasks(&t.target_id).await {
+        Ok(tasks) => match tasks.into_iter().next() {
+            Some(task) if task.status == "failure" => ImportState::Locked(task.id),
+            Some(_) => ImportState::Going,
+            None => ImportState::Other,
+        },
+        Err(_) => ImportState::Other,
     }
 }
 
@@ -323,62 +423,60 @@ async fn task_failure(t: &CopyTarget, locked: bool) -> Option<PullFailure> {
          for the task id)",
         task.id, task.message
     );
-    Some(if locked {
+    let message = if locked {
         // Failed while downloading: the image keeps the import lock, so no import can retry
         // into it for an hour. An upload still can.
-        PullFailure {
-            error: TransferError::new(
-                FailureReason::TargetImport,
-                format!(
-                    "the import of copy {id} on cloud '{cloud}' failed while downloading from the \
-                     source (short or broken data from the source's Glance, or the connection \
-                     between the regions); {said}"
-                ),
-            ),
-            nothing_stored: true,
-            keep: false,
-        }
+        format!(
+            "the import of copy {id} on cloud '{cloud}' failed while downloading from the \
+             source (short or broken data from the source's Glance, or the connection between \
+             the regions); {said}"
+        )
     } else {
-        PullFailure {
-            error: TransferError::new(
-                FailureReason::TargetImport,
-                format!(
-                    "the import of copy {id} on cloud '{cloud}' failed before any data was \
-                     stored: the source region unknown to the target's catalog, no endpoint for \
-                     the interface, the source image not visible to the target's credentials, or \
-                     the target's URI filtering ([import_filtering_opts] allowed_hosts and \
-                     allowed_ports); {said}"
-                ),
-            ),
-            nothing_stored: true,
-            keep: true,
-        }
+        format!(
+            "the import of copy {id} on cloud '{cloud}' failed before any data was stored: the \
+             source region unknown to the target's catalog, no endpoint for the interface, the \
+             source image not visible to the target's credentials, or the target's URI \
+             filtering ([import_filtering_opts] allowed_hosts and allowed_ports); {said}"
+        )
+    };
+    Some(PullFailure {
+        error: TransferError::new(FailureReason::TargetImport, message),
+        nothing_stored: true,
     })
 }
 
 /// Verifies an imported copy against the source's record, then sets its metadata. A copy whose
-/// bytes differ is deleted.
-async fn finish(p: &Pull<'_>, t: &CopyTarget, copy: &Image) -> Result<(), TransferError> {
+/// bytes differ is deleted (it is active: nothing can be uploaded into it). Returns the result
+/// and whether the copy was deleted.
+async fn finish(p: &Pull<'_>, t: &CopyTarget, copy: &Image) -> (Result<(), TransferError>, bool) {
     let cloud = t.client.cloud();
     if let Err(e) = verify::check_copy(&verify::Proven::recorded_by(p.source), copy) {
         let removed = crate::transfer::remove_failed_copy(t).await;
-        return Err(TransferError::new(
+        let error = TransferError::new(
             FailureReason::Verification,
             format!(
                 "cloud '{cloud}': copy {} failed verification after its import: {e}{}",
                 t.target_id,
                 if removed { "; it was deleted" } else { "" }
             ),
-        ));
+        );
+        return (Err(error), removed);
     }
     let patch = metadata_patch(&current_metadata(copy), p.metadata, p.rules);
-    if !patch.is_empty() {
-        t.client
-            .patch_image(&t.target_id, &patch)
-            .await
-            .map_err(|e| TransferError::from_glance(FailureReason::TargetMetadata, e))?;
+    if !patch.is_empty()
+        && let Err(e) = t.client.patch_image(&t.target_id, &patch).await
+    {
+        let error = TransferError::new(
+            FailureReason::TargetMetadata,
+            format!(
+                "copy {} on cloud '{cloud}' was imported and verified, but setting its metadata \
+                 failed (the next run sets it): {e}",
+                t.target_id
+            ),
+        );
+        return (Err(error), false);
     }
-    Ok(())
+    (Ok(()), false)
 }
 
 /// `POST /v2/images/{id}/import`'s body for a pull of `source_id`.
@@ -393,20 +491,40 @@ fn import_body(source_id: &str, from: &PullFrom) -> Value {
 
 /// Has a multi-store target copy one of its images into `stores` from a store it is in
 /// (`copy-image`, admin-only in Glance's default policy), and waits until the image is in every
-/// one of them.
+/// one of them: until the import's lock is gone (Glance sets it before answering the request).
 pub async fn copy_to_stores(
     client: &GlanceClient,
     id: &str,
     stores: &[String],
     stall_timeout: Duration,
+    cancel: &CancellationToken,
 ) -> Result<(), GlanceError> {
     let operation = format!("copy image {id} into store {}", stores.join(", "));
     let body = json!({"method": {"name": "copy-image"}, "stores": stores});
-    client.import_image(id, &body).await?;
+    if let Err(e) = client.import_image(id, &body).await {
+        let advice = match e.status() {
+            Some(403) => {
+                "copy-image needs the admin role in Glance's default policy (copy_image): give \
+                 glance-sync's user that role on this cloud, or drop stores for this target"
+            }
+            Some(409) => {
+                "another import holds the image's lock (Glance keeps a failed one for an hour); \
+                 the next run tries again"
+            }
+            _ => "the next run tries again",
+        };
+        return Err(client.protocol(&operation, format!("{e}; {advice}")));
+    }
     let started = Instant::now();
     let mut wait = Duration::from_millis(200);
     loop {
-        tokio::time::sleep(wait).await;
+        tokio::select! {
+            _ = cancel.cancelled() => return Err(client.protocol(
+                &operation,
+                "shutting down before the copy finished; the next run completes it".into(),
+            )),
+            _ = tokio::time::sleep(wait) => {}
+        }
         wait = (wait * 2).min(Duration::from_secs(2));
         let image = client.get_image(id).await?;
         let listed = |key: &str| -> Vec<String> {
@@ -419,24 +537,26 @@ pub async fn copy_to_stores(
                 .map(str::to_string)
                 .collect()
         };
-        let failed: Vec<String> = listed("os_glance_failed_import")
-            .into_iter()
-            .filter(|s| stores.contains(s))
-            .collect();
-        if !failed.is_empty() {
+        let have = listed("stores");
+        if image.property(IMPORT_LOCK).is_none() {
+            let missing: Vec<&str> = stores
+                .iter()
+                .filter(|s| !have.contains(s))
+                .map(String::as_str)
+                .collect();
+            if missing.is_empty() {
+                return Ok(());
+            }
             return Err(client.protocol(
                 &operation,
                 format!(
-                    "Glance could not copy it into store {} (os_glance_failed_import); the cause \
-                     is in cloud '{}''s glance-api log",
-                    failed.join(", "),
+                    "Glance's copy ended without store {} (failed: {}); the cause is in cloud \
+                     '{}''s glance-api log; the next run tries again",
+                    missing.join(", "),
+                    listed("os_glance_failed_import").join(", "),
                     client.cloud()
                 ),
             ));
-        }
-        let have = listed("stores");
-        if stores.iter().all(|s| have.contains(s)) && image.property(IMPORT_LOCK).is_none() {
-            return Ok(());
         }
         let limit = stall_timeout
             + Duration::from_secs(image.size.unwrap_or(0) / MIN_PULL_BYTES_PER_SECOND);

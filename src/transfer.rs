@@ -43,13 +43,15 @@ pub enum FailureReason {
     TargetMetadata,
     /// The target's Glance could not import the image from the source (glance-download).
     TargetImport,
+    /// The copy is not in every store the job names (a store unknown, copy-image failed).
+    TargetStore,
     /// The process is shutting down.
     Interrupted,
 }
 
 impl FailureReason {
     /// Every reason, so that metrics can show each at 0 before it first happens.
-    pub const ALL: [FailureReason; 8] = [
+    pub const ALL: [FailureReason; 9] = [
         FailureReason::SourceRead,
         FailureReason::SourceCorrupt,
         FailureReason::TargetCreate,
@@ -57,6 +59,7 @@ impl FailureReason {
         FailureReason::Verification,
         FailureReason::TargetMetadata,
         FailureReason::TargetImport,
+        FailureReason::TargetStore,
         FailureReason::Interrupted,
     ];
 
@@ -69,6 +72,7 @@ impl FailureReason {
             FailureReason::Verification => "verification",
             FailureReason::TargetMetadata => "target_metadata",
             FailureReason::TargetImport => "target_import",
+            FailureReason::TargetStore => "target_store",
             FailureReason::Interrupted => "interrupted",
         }
     }
@@ -657,8 +661,23 @@ async fn protect(t: &CopyTarget) -> Result<(), TransferError> {
     Ok(())
 }
 
-/// Deletes our image after a failed copy, so no half-made or unverified image stays behind.
+/// Deletes our image after a failed copy, so no half-made or unverified image stays behind. A
+/// copy under the source's id (`preserve_ids`) that is not active is kept: Glance never gives a
+/// deleted id out again, and the next run uploads into it. Returns whether the copy is gone.
 pub(crate) async fn remove_failed_copy(t: &CopyTarget) -> bool {
+    if t.preserving_id
+        && t.client
+            .get_image(&t.target_id)
+            .await
+            .is_ok_and(|copy| !copy.is_established())
+    {
+        tracing::info!(
+            cloud = t.client.cloud(),
+            image = %t.target_id,
+            "the failed copy has the source's id (preserve_ids): kept for the next run to upload into"
+        );
+        return false;
+    }
     // An aborted upload puts the image back to `queued` within a moment; a delete during `saving`
     // is allowed too, so no wait is needed.
     match t.client.delete_image(&t.target_id).await {

@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::glance_api::{Api, image_body, random_bytes};
+use support::glance_api::{Api, image_body, qcow2_bytes, random_bytes};
 use support::harness::RealGlance;
 use support::keystone::{self, DEMO_PASSWORD, demo_token, keystone_url};
 use support::scenario::{assert_exact_copies, copies_by_source, seed_source};
@@ -30,6 +30,16 @@ struct Regions {
 impl Regions {
     /// `target_stores`: "a,b" for a multi-store target, "" for a single store.
     async fn start(tag: &str, target_methods: &str, target_stores: &str) -> Regions {
+        Self::start_with(tag, target_methods, target_stores, &[]).await
+    }
+
+    /// Same, with more of `glance.sh`'s knobs for the target.
+    async fn start_with(
+        tag: &str,
+        target_methods: &str,
+        target_stores: &str,
+        target_env: &[(&str, &str)],
+    ) -> Regions {
         let src =
             RealGlance::start_with(&format!("{tag}-src"), None, &[("GLANCE_AUTH", "keystone")]);
         let mut env = vec![
@@ -39,6 +49,7 @@ impl Regions {
         if !target_stores.is_empty() {
             env.push(("GLANCE_STORES", target_stores));
         }
+        env.extend_from_slice(target_env);
         let dst = RealGlance::start_with(&format!("{tag}-dst"), None, &env);
         keystone::add_region(&format!("{tag}-src"), &src.url).await;
         keystone::add_region(&format!("{tag}-dst"), &dst.url).await;
@@ -97,6 +108,25 @@ impl Regions {
 
     fn metrics(&self) -> String {
         std::fs::read_to_string(self.metrics_path()).unwrap()
+    }
+
+    /// The target holds no image at all.
+    async fn assert_target_empty(&self, why: &str) {
+        let images = self.target.list_all().await;
+        assert!(images.is_empty(), "{why}: {images:?}");
+    }
+
+    /// The target holds one image, a verified copy of `source`: active, same bytes.
+    async fn assert_only_copy_of(&self, source: &serde_json::Value) {
+        let copies = copies_by_source(&self.target).await;
+        let id = source["id"].as_str().unwrap();
+        assert_eq!(copies.get(id).map(Vec::len), Some(1), "{copies:?}");
+        let copy = &copies[id][0];
+        assert_eq!(copy["status"], "active");
+        for key in ["size", "checksum", "os_hash_value", "disk_format"] {
+            assert_eq!(copy[key], source[key], "{key}");
+        }
+        assert_eq!(self.target.list_all().await.len(), 1, "no other image left");
     }
 
     async fn remove_regions(&self) {
@@ -230,6 +260,8 @@ async fn auto_streams_to_a_target_without_glance_download_which_glance_download_
         run.stderr
     );
     assert!(downloads(&r.src).is_empty(), "nothing was pulled");
+    r.assert_target_empty("nothing was created on a target that cannot pull")
+        .await;
 
     let auto = r.config("transfer = \"auto\"", None);
     let run = glance_sync(&auto, &["run", "--metrics-textfile", &r.metrics_path()]).await;
@@ -242,7 +274,7 @@ async fn auto_streams_to_a_target_without_glance_download_which_glance_download_
     );
     let copies = copies_by_source(&r.target).await;
     let copy = &copies[img["id"].as_str().unwrap()];
-    assert_eq!(copy.len(), 1, "one copy, the queued one reused or replaced");
+    assert_eq!(copy.len(), 1);
     assert_eq!(copy[0]["os_hash_value"], img["os_hash_value"]);
     assert_eq!(
         metric_sum(
@@ -278,13 +310,8 @@ async fn a_pull_from_a_region_the_target_does_not_know_fails_clearly_and_auto_st
         "{}",
         run.stderr
     );
-    let copies = copies_by_source(&r.target).await;
-    assert!(
-        copies
-            .get(id)
-            .is_none_or(|c| c.iter().all(|c| c["status"] == "queued")),
-        "no active copy from a failed pull: {copies:?}"
-    );
+    r.assert_target_empty("the failed pull's copy was deleted")
+        .await;
 
     let other = r
         .source
@@ -340,11 +367,7 @@ async fn a_source_serving_short_data_leaves_no_locked_or_half_made_copy() {
             "{}",
             run.stderr
         );
-        assert_eq!(
-            r.target.list_all().await,
-            Vec::<serde_json::Value>::new(),
-            "the locked copy was deleted"
-        );
+        r.assert_target_empty("the locked copy was deleted").await;
     }
     r.remove_regions().await;
 }
@@ -357,7 +380,6 @@ async fn killed_during_an_import_then_run_again_leaves_one_verified_copy() {
         .source
         .create_streamed(image_body("big", "raw", json!({})), 192 << 20, 10)
         .await;
-    let id = img["id"].as_str().unwrap();
     let config = r.config("transfer = \"glance-download\"", None);
 
     let mut child = command(&config)
@@ -384,14 +406,7 @@ async fn killed_during_an_import_then_run_again_leaves_one_verified_copy() {
     assert_eq!(seen, "importing", "killed during the import");
 
     glance_sync(&config, &["run"]).await.assert_code(0);
-    let copies = copies_by_source(&r.target).await;
-    assert_eq!(copies[id].len(), 1, "{copies:?}");
-    let copy = &copies[id][0];
-    assert_eq!(copy["status"], "active");
-    for key in ["size", "checksum", "os_hash_value"] {
-        assert_eq!(copy[key], img[key], "{key}");
-    }
-    assert_eq!(r.target.list_all().await.len(), 1, "no half-made copy left");
+    r.assert_only_copy_of(&img).await;
     r.remove_regions().await;
 }
 
@@ -418,11 +433,11 @@ async fn copies_go_into_every_store_listed_and_a_missing_store_is_filled_by_copy
         check.stdout
     );
 
-    // Streamed into store a only.
-    let only_a = r.config("stores = [\"a\"]", None);
-    glance_sync(&only_a, &["run"]).await.assert_code(0);
+    // Streamed into store b only: not Glance's default store (a), so the upload named it.
+    let only_b = r.config("stores = [\"b\"]", None);
+    glance_sync(&only_b, &["run"]).await.assert_code(0);
     let copy = &copies_by_source(&r.target).await[first_id][0];
-    assert_eq!(copy["stores"], "a");
+    assert_eq!(copy["stores"], "b");
     let copy_id = copy["id"].as_str().unwrap().to_string();
 
     // Both stores wanted: the copy is completed by copy-image, not uploaded again; a new image
@@ -435,13 +450,13 @@ async fn copies_go_into_every_store_listed_and_a_missing_store_is_filled_by_copy
         )
         .await;
     let both = r.config(
-        "stores = [\"a\", \"b\"]\ntransfer = \"glance-download\"",
+        "stores = [\"b\", \"a\"]\ntransfer = \"glance-download\"",
         None,
     );
     let plan = glance_sync(&both, &["plan"]).await;
     plan.assert_code(0);
     assert!(
-        plan.stdout.contains("copy into store b (copy-image)"),
+        plan.stdout.contains("copy into store a (copy-image)"),
         "{}",
         plan.stdout
     );
@@ -460,10 +475,21 @@ async fn copies_go_into_every_store_listed_and_a_missing_store_is_filled_by_copy
             .any(|w| w.starts_with(&format!("POST /v2/images/{copy_id}/import"))),
         "{writes:?}"
     );
+    // A streamed copy goes into the first store, then into the others in the same run.
+    let third = r
+        .source
+        .create_with_data(
+            image_body("third", "raw", json!({})),
+            random_bytes(200_000, 14),
+        )
+        .await;
+    let streamed = r.config("stores = [\"b\", \"a\"]", None);
+    glance_sync(&streamed, &["run"]).await.assert_code(0);
     let copies = copies_by_source(&r.target).await;
     for (id, name) in [
         (first_id, "first"),
         (second["id"].as_str().unwrap(), "second"),
+        (third["id"].as_str().unwrap(), "third"),
     ] {
         let copy = &copies[id][0];
         let mut stores: Vec<&str> = copy["stores"].as_str().unwrap().split(',').collect();
@@ -481,7 +507,159 @@ async fn copies_go_into_every_store_listed_and_a_missing_store_is_filled_by_copy
     assert_eq!(copies[first_id][0]["protected"], true);
     // In sync now: nothing more to do.
     let writes = r.dst.write_requests().len();
-    glance_sync(&both, &["run"]).await.assert_code(0);
+    glance_sync(&streamed, &["run"]).await.assert_code(0);
     assert_eq!(r.dst.write_requests().len(), writes);
+    r.remove_regions().await;
+}
+
+#[tokio::test]
+#[ignore = "needs real Glance and Keystone: run tests/run.sh"]
+async fn a_preserved_id_survives_a_pull_that_left_its_lock_and_auto_streams_into_it() {
+    let r = Regions::start("gd-keep", WITH_GLANCE_DOWNLOAD, "").await;
+    let img = r
+        .source
+        .create_with_data(
+            image_body("kept", "raw", json!({})),
+            random_bytes(400_000, 15),
+        )
+        .await;
+    let id = img["id"].as_str().unwrap();
+    let file = r.src.state_dir().join("images").join(id);
+    let saved = std::fs::read(&file).unwrap();
+    std::fs::remove_file(&file).unwrap();
+
+    let pull = r.config(
+        "transfer = \"glance-download\"\npreserve_ids = \"require\"",
+        None,
+    );
+    let run = glance_sync(&pull, &["run"]).await;
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    let copy = r.target.get(id).await;
+    assert_eq!(
+        copy["status"], "queued",
+        "the copy under the source's id is kept"
+    );
+    assert!(
+        copy.get("os_glance_import_task").is_some(),
+        "the failed pull left Glance's import lock: {copy}"
+    );
+
+    // The source is whole again; a pull cannot go into the locked copy, a stream can.
+    std::fs::write(&file, saved).unwrap();
+    let auto = r.config("transfer = \"auto\"\npreserve_ids = \"require\"", None);
+    let run = glance_sync(&auto, &["run"]).await;
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("locked by an earlier import"),
+        "{}",
+        run.stderr
+    );
+    r.assert_only_copy_of(&img).await;
+    assert!(
+        r.target.try_get(id).await.is_some(),
+        "the copy has the source's id"
+    );
+    r.remove_regions().await;
+}
+
+#[tokio::test]
+#[ignore = "needs real Glance and Keystone: run tests/run.sh"]
+async fn stopped_during_an_import_leaves_no_half_made_copy() {
+    let r = Regions::start("gd-term", WITH_GLANCE_DOWNLOAD, "").await;
+    r.source
+        .create_streamed(image_body("big", "raw", json!({})), 256 << 20, 16)
+        .await;
+    let config = r.config("transfer = \"glance-download\"", None);
+    let child = command(&config)
+        .arg("run")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        let images = r.target.list_all().await;
+        if images.first().is_some_and(|c| c["status"] == "importing") {
+            break;
+        }
+        assert!(
+            images.iter().all(|c| c["status"] != "active"),
+            "the import ended first"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no import started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pid = child.id().unwrap() as i32;
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let out = child.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(143), "{stderr}");
+    assert!(
+        stderr.contains("shutting down during the import"),
+        "{stderr}"
+    );
+    r.assert_target_empty("the copy being imported was deleted")
+        .await;
+    r.remove_regions().await;
+}
+
+#[tokio::test]
+#[ignore = "needs real Glance and Keystone: run tests/run.sh"]
+async fn a_pull_that_changes_the_bytes_is_refused_and_auto_streams_the_sources_own() {
+    // The target converts every imported image to raw (Glance's image_conversion plugin, with
+    // qemu-img): a pulled copy never holds the source's bytes. A stream is not converted.
+    let r = Regions::start_with(
+        "gd-convert",
+        WITH_GLANCE_DOWNLOAD,
+        "",
+        &[(
+            "GLANCE_EXTRA_SECTIONS",
+            "[image_import_opts]\nimage_import_plugins = [image_conversion]\n\n\
+             [image_conversion]\noutput_format = raw\n",
+        )],
+    )
+    .await;
+    let img = r
+        .source
+        .create_with_data(
+            image_body("disk", "qcow2", json!({})),
+            qcow2_bytes(1 << 20, 17),
+        )
+        .await;
+
+    let pull = r.config("transfer = \"glance-download\"", None);
+    let run = glance_sync(&pull, &["run"]).await;
+    assert_ne!(run.code, 0, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("failed verification after its import"),
+        "{}",
+        run.stderr
+    );
+    r.assert_target_empty("the converted copy was deleted")
+        .await;
+
+    let auto = r.config("transfer = \"auto\"", None);
+    let run = glance_sync(&auto, &["run"]).await;
+    run.assert_code(0);
+    assert!(
+        run.stderr.contains("streams to it for the rest"),
+        "{}",
+        run.stderr
+    );
+    r.assert_only_copy_of(&img).await;
+    // The ledger holds the copy made, not the id spent on the converted one: a second run
+    // changes nothing.
+    let writes = r.dst.write_requests().len();
+    glance_sync(&auto, &["run"]).await.assert_code(0);
+    assert_eq!(
+        r.dst.write_requests().len(),
+        writes,
+        "{:?}",
+        r.dst.write_requests()
+    );
     r.remove_regions().await;
 }

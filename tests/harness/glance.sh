@@ -33,6 +33,8 @@
 #                      to let this Glance pull from another region (needs
 #                      GLANCE_AUTH=keystone: the pull uses the caller's token and
 #                      the source region's endpoint from its catalog)
+#   GLANCE_EXTRA_SECTIONS  text appended to glance-api.conf, e.g. "[image_import_opts]
+#                      image_import_plugins = [image_conversion]" (sections of its own)
 #   GLANCE_STORES      comma list, e.g. "a,b": a multi-store Glance with one file
 #                      store each (enabled_backends; default_backend = the first)
 #                      plus the staging and tasks stores; unset: one legacy file store
@@ -163,6 +165,8 @@ password = glance-secret
 service_token_roles_required = true
 
 $(store_sections "$d")
+
+${GLANCE_EXTRA_SECTIONS:-}
 EOF
 
   # Stock paste file + a 'fakeauth' flavour (fakeauth filter + real context),
