@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::glance_api::{Api, image_body, qcow2_bytes, random_bytes};
+use support::glance_api::{Api, image_body, random_bytes};
 use support::harness::RealGlance;
 use support::keystone::{self, DEMO_PASSWORD, demo_token, keystone_url};
 use support::scenario::{assert_exact_copies, copies_by_source, seed_source};
@@ -567,7 +567,7 @@ async fn a_preserved_id_survives_a_pull_that_left_its_lock_and_auto_streams_into
 async fn stopped_during_an_import_leaves_no_half_made_copy() {
     let r = Regions::start("gd-term", WITH_GLANCE_DOWNLOAD, "").await;
     r.source
-        .create_streamed(image_body("big", "raw", json!({})), 256 << 20, 16)
+        .create_streamed(image_body("big", "raw", json!({})), 768 << 20, 16)
         .await;
     let config = r.config("transfer = \"glance-download\"", None);
     let child = command(&config)
@@ -623,11 +623,19 @@ async fn a_pull_that_changes_the_bytes_is_refused_and_auto_streams_the_sources_o
         )],
     )
     .await;
+    let qcow2 = r.dir.path().join("disk.qcow2");
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(&qcow2)
+        .arg("16M")
+        .status()
+        .expect("qemu-img (Debian package qemu-utils; tests/run.sh installs it)");
+    assert!(made.success());
     let img = r
         .source
         .create_with_data(
             image_body("disk", "qcow2", json!({})),
-            qcow2_bytes(1 << 20, 17),
+            std::fs::read(&qcow2).unwrap(),
         )
         .await;
 

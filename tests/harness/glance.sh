@@ -48,6 +48,9 @@
 #                         uploads (1 MiB chunk limit, 4 s timeout)
 #   --import=glance_sqlite_tweaks: BEGIN IMMEDIATE + busy_timeout + WAL, else
 #                         concurrent writes give "database is locked" 500s
+#   --py-sys-executable   Glance runs qemu-img under `sys.executable -m
+#                         oslo_concurrency.prlimit` (image_conversion): the venv's
+#                         python, not the uwsgi binary
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -319,6 +322,7 @@ start() { # name port
       --http11-socket "127.0.0.1:$port" \
       --module glance.wsgi.api:application \
       --virtualenv "$VENV" --pythonpath "$d/lib" --import=glance_sqlite_tweaks \
+      --py-sys-executable "$VENV/bin/python" \
       --master --processes 1 --threads "${GLANCE_THREADS:-4}" --enable-threads \
       --lazy-apps --need-app --die-on-term --no-orphans \
       --buffer-size 65535 \
