@@ -2292,6 +2292,9 @@ fn server_copy_rows(
             ("GLANCE_AUTH", "keystone".to_string()),
             ("KEYSTONE_URL", ks_url.clone()),
             ("GLANCE_IMPORT_METHODS", methods.to_string()),
+            // Four copies at once plus glance-sync's idle pooled connections, each of which
+            // holds a uWSGI thread: 4 threads (the harness's default) starve the fourth upload.
+            ("GLANCE_THREADS", "8".to_string()),
         ]
     };
     let start = |name: &str, methods: &'static str| {
