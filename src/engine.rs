@@ -825,7 +825,8 @@ impl Execution<'_> {
                 create_body: create_body.clone(),
                 protect: *protect,
                 reuse_existing: matches!(id, NewCopyId::Reuse { .. }),
-                preserving_id: matches!(id, NewCopyId::Source { .. }),
+                // A reused copy is one left unfinished under the source's id.
+                preserving_id: matches!(id, NewCopyId::Source { .. } | NewCopyId::Reuse { .. }),
                 fallback,
                 store: self.job.policy(&action.target).stores.first().cloned(),
             });
@@ -887,7 +888,11 @@ impl Execution<'_> {
                 error = Some(format!(
                     "copied and verified, but not into every store: {e}"
                 ));
-                failure = Some(FailureReason::TargetStore);
+                failure = Some(if self.cancel.is_cancelled() {
+                    FailureReason::Interrupted
+                } else {
+                    FailureReason::TargetStore
+                });
             }
             if error.is_none()
                 && let ActionKind::Copy {
@@ -987,9 +992,38 @@ impl Execution<'_> {
     ) -> Vec<transfer::CopyOutcome> {
         let mut streams = Vec::new();
         let mut pulls = Vec::new();
+        let mut outcomes = Vec::new();
+        // Only glance-sync's own hashing can prove the bytes of an image without a digest.
+        let provable = image.checksum.is_some() || image.os_hash_value.is_some();
         for (action, t) in actions.iter().zip(targets) {
             match self.pull_route(&action.target) {
-                Some(from) => pulls.push((action, t, from)),
+                Some(from) if provable => pulls.push((action, t, from)),
+                Some(_) if self.job.policy(&action.target).transfer == TransferMethod::Auto => {
+                    tracing::info!(
+                        job = %self.job.name, target = %action.target, source_id = %image.id,
+                        "streaming '{label}' to {}: its source records no digest, so a pulled \
+                         copy could not be verified",
+                        action.target
+                    );
+                    streams.push(t);
+                }
+                Some(_) => outcomes.push(transfer::CopyOutcome {
+                    target: action.target.clone(),
+                    method: transfer::CopyMethod::GlanceDownload,
+                    refused_ids: vec![],
+                    // Nothing was created: a new id goes from the ledger again.
+                    removed: !t.reuse_existing,
+                    target_id: t.target_id,
+                    result: Err(transfer::TransferError::new(
+                        FailureReason::TargetImport,
+                        format!(
+                            "source image {} records no checksum or os_hash_value, so a copy \
+                             {} pulls could not be verified; use transfer = \"auto\" or \
+                             \"stream\" (glance-sync hashes what it reads)",
+                            image.id, action.target
+                        ),
+                    )),
+                }),
                 None => streams.push(t),
             }
         }
@@ -1011,7 +1045,8 @@ impl Execution<'_> {
                 server_copy::glance_download(&pull, t, self.cancel).await
             }
         }));
-        let (mut outcomes, pulled) = tokio::join!(self.stream(image, label, streams), pulled);
+        let (streamed, pulled) = tokio::join!(self.stream(image, label, streams), pulled);
+        outcomes.extend(streamed);
         let mut again = Vec::new();
         // The ids a pull's create refused stay refused whatever moves the bytes afterwards.
         let mut refused: Vec<(String, Vec<String>)> = Vec::new();
@@ -1034,6 +1069,18 @@ impl Execution<'_> {
             };
             let mut create_body = create_body.clone();
             let mut ids = p.outcome.refused_ids;
+            let spent_source_id = p.id_spent && p.outcome.target_id == image.id;
+            if spent_source_id
+                && self.job.policy(&action.target).preserve_ids
+                    == crate::config::PreserveIds::Require
+            {
+                // A new id would break the job's rule: the image fails instead.
+                outcomes.push(transfer::CopyOutcome {
+                    refused_ids: ids,
+                    ..p.outcome
+                });
+                continue;
+            }
             let target_id = if p.id_spent {
                 // Glance never gives a deleted id out again: a new one, in the ledger first.
                 let id = uuid::Uuid::new_v4().to_string();
@@ -1056,7 +1103,16 @@ impl Execution<'_> {
                 p.outcome.target_id
             };
             refused.push((p.outcome.target.clone(), ids));
-            self.stream_from_now_on(&action.target, &why);
+            if p.whole_target {
+                self.stream_from_now_on(&action.target, &why);
+            } else {
+                tracing::warn!(
+                    job = %self.job.name, target = %action.target, source_id = %image.id,
+                    "glance-download of '{label}' to {} failed, so glance-sync streams it \
+                     (transfer = \"auto\"): {why}",
+                    action.target
+                );
+            }
             again.push(CopyTarget {
                 client: self.engine.client(&action.target).clone(),
                 preserving_id: target_id == image.id,

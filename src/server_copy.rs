@@ -133,6 +133,9 @@ pub struct Pulled {
     pub created: bool,
     /// The copy's id was given to Glance and deleted: a stream needs a new one.
     pub id_spent: bool,
+    /// The reason holds for every image to this target (the method, the catalog, filtering,
+    /// a converting import), not just this copy: stream to it for the rest of the run.
+    pub whole_target: bool,
 }
 
 /// Everything a pull needs besides the copy itself.
@@ -155,27 +158,6 @@ pub struct Pull<'a> {
 /// source's id (`preserve_ids`): Glance never gives a deleted id out again, so such a copy is
 /// left `queued` (or importing) and the next run imports or uploads into it.
 pub async fn glance_download(p: &Pull<'_>, t: CopyTarget, cancel: &CancellationToken) -> Pulled {
-    if p.source.checksum.is_none() && p.source.os_hash_value.is_none() {
-        // Only glance-sync's own hashing can prove such an image's bytes: nothing is created.
-        let why = format!(
-            "source image {} records no checksum or os_hash_value, so a copy its target pulls \
-             could not be verified; use transfer = \"stream\" (glance-sync hashes what it reads)",
-            p.source.id
-        );
-        return Pulled {
-            stream_instead: p.may_stream.then(|| why.clone()),
-            created: false,
-            id_spent: false,
-            outcome: CopyOutcome {
-                target: t.client.cloud().to_string(),
-                method: CopyMethod::GlanceDownload,
-                refused_ids: vec![],
-                target_id: t.target_id,
-                result: Err(TransferError::new(FailureReason::TargetImport, why)),
-                removed: true,
-            },
-        };
-    }
     let (t, created, refused) = crate::transfer::create(t).await;
     let outcome = |t: &CopyTarget, result: Result<(), TransferError>, removed: bool| CopyOutcome {
         target: t.client.cloud().to_string(),
@@ -192,6 +174,7 @@ pub async fn glance_download(p: &Pull<'_>, t: CopyTarget, cancel: &CancellationT
             // A create that timed out may still have happened: the ledger keeps the id.
             created: true,
             id_spent: false,
+            whole_target: false,
         };
     }
     let failed = match pull(p, &t, cancel).await {
@@ -209,6 +192,7 @@ pub async fn glance_download(p: &Pull<'_>, t: CopyTarget, cancel: &CancellationT
                 outcome: outcome(&t, result, removed),
                 created: !removed,
                 id_spent: stream_instead.is_some(),
+                whole_target: stream_instead.is_some(),
                 stream_instead,
             };
         }
@@ -217,6 +201,7 @@ pub async fn glance_download(p: &Pull<'_>, t: CopyTarget, cancel: &CancellationT
     if p.may_stream && failed.nothing_stored && !cancel.is_cancelled() {
         return Pulled {
             stream_instead: Some(failed.error.message.clone()),
+            whole_target: failed.whole_target,
             outcome: outcome(&t, Err(failed.error), false),
             created: true,
             id_spent: false,
@@ -228,6 +213,7 @@ pub async fn glance_download(p: &Pull<'_>, t: CopyTarget, cancel: &CancellationT
         stream_instead: None,
         created: !removed,
         id_spent: false,
+        whole_target: false,
     }
 }
 
@@ -235,6 +221,8 @@ struct PullFailure {
     error: TransferError,
     /// No byte of the image is on the target: the copy is `queued`, its import over.
     nothing_stored: bool,
+    /// Every pull to this target would fail so (see [`Pulled::whole_target`]).
+    whole_target: bool,
 }
 
 /// Starts the import and waits for its end: the copy active with the import's lock released.
@@ -252,6 +240,7 @@ async fn pull(
     let fail = |reason, message: String, nothing_stored| PullFailure {
         error: TransferError::new(reason, message),
         nothing_stored,
+        whole_target: false,
     };
     if let Err(e) = t.client.import_image(id, &body).await
         && let Some(refused) = refused_import(t, e).await
@@ -335,17 +324,20 @@ async fn refused_import(t: &CopyTarget, e: GlanceError) -> Option<PullFailure> {
     let cloud = t.client.cloud();
     let id = &t.target_id;
     let text = e.to_string();
-    let fail = |message: String, nothing_stored| PullFailure {
+    // Refused before anything started: `whole_target` when every image would be refused so.
+    let fail = |message: String, nothing_stored, whole_target| PullFailure {
         error: TransferError::new(FailureReason::TargetImport, message),
         nothing_stored,
+        whole_target,
     };
     Some(match e.status() {
         Some(400) if text.contains("Unknown import method") => fail(
             format!(
                 "cloud '{cloud}' does not offer the glance-download import method (add it to \
-                     enabled_import_methods in its glance-api.conf, or use transfer = \"auto\" \
-                     or \"stream\"): {text}"
+                 enabled_import_methods in its glance-api.conf, or use transfer = \"auto\" or \
+                 \"stream\"): {text}"
             ),
+            true,
             true,
         ),
         // The import may be going after all: our first request got through and its answer
@@ -354,26 +346,28 @@ async fn refused_import(t: &CopyTarget, e: GlanceError) -> Option<PullFailure> {
             ImportState::Going => return None,
             ImportState::Locked(task) => fail(
                 format!(
-                    "copy {id} on cloud '{cloud}' is locked by an earlier import (task \
-                         {task}) that failed while downloading; Glance keeps that lock for an \
-                         hour. The next run makes a new copy (or, with preserve_ids, uploads \
-                         into it with transfer = \"auto\"): {text}"
+                    "copy {id} on cloud '{cloud}' is locked by an earlier import (task {task}) \
+                     that failed while downloading; Glance keeps that lock for an hour. The \
+                     next run makes a new copy (or, with preserve_ids, uploads into it with \
+                     transfer = \"auto\"): {text}"
                 ),
                 true,
+                // One copy's lock: other images can still be pulled.
+                false,
             ),
-            ImportState::Other => fail(text.clone(), false),
+            ImportState::Other => fail(text.clone(), false, false),
         },
         Some(403) => fail(
             format!(
-                "cloud '{cloud}' forbids glance-sync's user to import images (Glance's \
-                     policy); allow it, or use transfer = \"stream\": {text}"
+                "cloud '{cloud}' forbids glance-sync's user to import images (Glance's policy); \
+                 allow it, or use transfer = \"stream\": {text}"
             ),
             true,
+            true,
         ),
-        _ => PullFailure {
-            error: TransferError::from_glance(FailureReason::TargetImport, e),
-            nothing_stored: true,
-        },
+        // No answer, or a 5xx after the retries: the import may have started all the same.
+        None | Some(500..) if matches!(import_state(t).await, ImportState::Going) => return None,
+        _ => fail(text.clone(), true, false),
     })
 }
 
@@ -442,6 +436,8 @@ async fn task_failure(t: &CopyTarget, locked: bool) -> Option<PullFailure> {
     Some(PullFailure {
         error: TransferError::new(FailureReason::TargetImport, message),
         nothing_stored: true,
+        // Before any data: the catalog, the filtering, the source's visibility to the target.
+        whole_target: !locked,
     })
 }
 
@@ -500,6 +496,9 @@ pub async fn copy_to_stores(
     cancel: &CancellationToken,
 ) -> Result<(), GlanceError> {
     let operation = format!("copy image {id} into store {}", stores.join(", "));
+    if cancel.is_cancelled() {
+        return Err(client.protocol(&operation, "shutting down: not started".into()));
+    }
     let body = json!({"method": {"name": "copy-image"}, "stores": stores});
     if let Err(e) = client.import_image(id, &body).await {
         let advice = match e.status() {

@@ -341,6 +341,8 @@ pub(crate) async fn create(
             );
             t.target_id = id;
             t.create_body = body;
+            // The fallback id is any id: a copy under it that fails goes like any other.
+            t.preserving_id = false;
             let r = t
                 .client
                 .create_image(&t.create_body)
