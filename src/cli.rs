@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use glance_sync::config::{Config, DEFAULT_CONFIG_PATH};
 use glance_sync::daemon;
 use glance_sync::engine::{Engine, JobPlan, JobReport};
@@ -90,6 +90,13 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff) to stdout: `glance-sync man | man -l -`.
+    Man,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -127,6 +134,28 @@ fn failed(error: impl Into<anyhow::Error>) -> Failure {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Generated from the definitions above, so they never drift from the CLI; no config needed.
+    match cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "glance-sync",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
+        }
+        Command::Man => {
+            return match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("glance-sync: cannot write the man page: {e}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        _ => {}
+    }
     let progress = Progress::new(
         cli.log_format == LogFormat::Text
             && std::io::stderr().is_terminal()
@@ -223,6 +252,7 @@ async fn dispatch(cli: Cli, progress: Progress) -> Result<ExitCode, Failure> {
             from_job: None,
             yes,
         } => adopt(&config, &jobs, yes).await,
+        Command::Completions { .. } | Command::Man => unreachable!("answered before any config"),
     }
 }
 

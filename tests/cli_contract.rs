@@ -331,3 +331,70 @@ async fn on_a_terminal_run_draws_a_progress_bar_per_transfer_and_keeps_the_log_l
     assert!(screen.contains("copied 'bar-image' to dr"), "{screen}");
     assert_eq!(target.images().len(), 1);
 }
+
+#[tokio::test]
+async fn completions_and_the_man_page_come_from_the_cli_itself_without_a_config() {
+    let nowhere = std::path::Path::new("/nonexistent/glance-sync.toml");
+    let subcommands = [
+        "run",
+        "daemon",
+        "plan",
+        "status",
+        "check",
+        "adopt",
+        "completions",
+        "man",
+    ];
+    let bash = glance_sync(nowhere, &["completions", "bash"]).await;
+    bash.assert_code(0);
+    for sub in subcommands {
+        assert!(bash.stdout.contains(sub), "bash completion lacks {sub}");
+    }
+    // The script loads in a real bash and registers itself for the command.
+    let script = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(script.path(), &bash.stdout).unwrap();
+    let loaded = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {} && complete -p glance-sync",
+            script.path().display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        loaded.status.success() && String::from_utf8_lossy(&loaded.stdout).contains("glance-sync"),
+        "{}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    for shell in ["zsh", "fish"] {
+        let out = glance_sync(nowhere, &["completions", shell]).await;
+        out.assert_code(0);
+        assert!(out.stdout.contains("adopt"), "{shell}: {}", out.stdout);
+    }
+
+    let man = glance_sync(nowhere, &["man"]).await;
+    man.assert_code(0);
+    assert!(man.stdout.contains(".TH glance-sync 1"), "{}", man.stdout);
+    // Rendered by groff (what `man` uses) without a warning, naming every subcommand.
+    let page = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(page.path(), &man.stdout).unwrap();
+    let rendered = std::process::Command::new("groff")
+        .args(["-man", "-Tutf8", "-ww"])
+        .arg(page.path())
+        .output()
+        .expect("groff (Debian package groff-base, which man-db needs)");
+    let text = String::from_utf8_lossy(&rendered.stdout);
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    assert!(
+        rendered.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    for sub in subcommands {
+        assert!(text.contains(sub), "the man page lacks {sub}:\n{text}");
+    }
+}

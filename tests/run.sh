@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The project's test command (README and .ci/run call exactly this):
 #   1. cargo fmt --check, cargo clippy --all-targets -- -D warnings (fail fast)
-#   2. promtool, systemd-analyze and qemu-img from Debian if missing (apt-get);
+#   2. promtool, systemd-analyze, qemu-img and groff from Debian if missing (apt-get);
 #      tests/harness/install.sh: real Glance + Keystone venvs, template DB
 #      (first run ~1-2 min, then < 1 s)
 #   3. tests/harness/keystone.sh start (stopped again at exit, together with any
@@ -60,6 +60,8 @@ need_debs() {
   command -v systemd-analyze >/dev/null || missing+=(systemd)
   # qemu-img: real Glance's image_conversion import plugin (tests/server_side_copies.rs)
   command -v qemu-img >/dev/null || missing+=(qemu-utils)
+  # groff renders the man page (tests/cli_contract.rs)
+  command -v groff >/dev/null || missing+=(groff-base)
   [ ${#missing[@]} = 0 ] && return 0
   say "installing ${missing[*]} (apt-get)"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
