@@ -14,7 +14,7 @@ use glance_sync::metrics::Metrics;
 use glance_sync::plan::ActionKind;
 use glance_sync::progress::Progress;
 use glance_sync::state::State;
-use glance_sync::terminal::{self, escape, print_table, table_name};
+use glance_sync::terminal::{self, escape, human_size, print_table, table_name};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, Ordering};
 use tokio::signal::unix::{SignalKind, signal};
@@ -55,6 +55,10 @@ enum Command {
         /// collector.
         #[arg(long, value_name = "PATH")]
         metrics_textfile: Option<PathBuf>,
+        /// After the run, push its metrics to this Prometheus Pushgateway (grouping key
+        /// job="glance-sync", instance=<hostname>; replaces [metrics] pushgateway).
+        #[arg(long, value_name = "URL")]
+        pushgateway: Option<String>,
     },
     /// Run every job on its schedule until stopped; serve metrics over HTTP.
     Daemon,
@@ -234,7 +238,21 @@ async fn dispatch(cli: Cli, progress: Progress) -> Result<ExitCode, Failure> {
         Command::Run {
             jobs,
             metrics_textfile,
-        } => run(&config, &jobs, progress, metrics_textfile.as_deref()).await,
+            pushgateway,
+        } => {
+            let pushgateway = match pushgateway {
+                Some(text) => Some(
+                    glance_sync::config::pushgateway_url(&text, "--pushgateway")
+                        .map_err(|e| usage(anyhow::anyhow!(e)))?,
+                ),
+                None => config.metrics.pushgateway.clone(),
+            };
+            let outputs = MetricsOutputs {
+                textfile: metrics_textfile.as_deref(),
+                pushgateway: pushgateway.as_ref(),
+            };
+            run(&config, &jobs, progress, outputs).await
+        }
         Command::Daemon => daemon::run(config)
             .await
             .map(|()| ExitCode::SUCCESS)
@@ -313,11 +331,17 @@ impl Interrupt {
     }
 }
 
+/// Where a one-shot run's metrics go besides the log.
+struct MetricsOutputs<'a> {
+    textfile: Option<&'a Path>,
+    pushgateway: Option<&'a url::Url>,
+}
+
 async fn run(
     config: &Config,
     jobs: &[String],
     progress: Progress,
-    metrics_textfile: Option<&Path>,
+    outputs: MetricsOutputs<'_>,
 ) -> Result<ExitCode, Failure> {
     let jobs = config.select_jobs(jobs).map_err(usage)?;
     let metrics = Metrics::new();
@@ -345,11 +369,26 @@ async fn run(
             }
         }
     }
-    if let Some(path) = metrics_textfile {
+    if let Some(path) = outputs.textfile {
         metrics
             .write_textfile(path)
             .with_context(|| format!("cannot write metrics textfile {}", path.display()))
             .map_err(failed)?;
+    }
+    if let Some(url) = outputs.pushgateway {
+        let instance = glance_sync::pushgateway::hostname();
+        match glance_sync::pushgateway::push(url, &instance, metrics.render()).await {
+            Ok(()) => tracing::info!(
+                "metrics pushed to the Pushgateway (job=\"{}\", instance=\"{instance}\")",
+                glance_sync::pushgateway::GROUP_JOB
+            ),
+            // Alerts on pushed metrics go quiet when pushes fail: a successful run says so by
+            // its exit code; a failed run's own exit code is never hidden behind this one.
+            Err(e) => {
+                tracing::error!("{e}");
+                all_ok = false;
+            }
+        }
     }
     if let Some(code) = interrupt.exit_code() {
         return Ok(code);
@@ -635,24 +674,10 @@ fn status(config: &Config, format: Format) -> Result<ExitCode, Failure> {
         );
         return Ok(ExitCode::SUCCESS);
     };
-    let runs = state.last_runs().map_err(failed)?;
-    let failing = state.failing_images().map_err(failed)?;
-    let unadopted = state.unadopted().map_err(failed)?;
-    // Where ids are to be preserved, a copy under another id is worth knowing: templates naming
-    // the source's id will not find it.
-    let new_ids: Vec<_> = state
-        .copies_under_other_ids()
-        .map_err(failed)?
-        .into_iter()
-        .filter(|c| {
-            config.jobs.iter().any(|j| {
-                j.name == c.job
-                    && j.targets.contains(&c.target)
-                    && j.policy(&c.target).preserve_ids != glance_sync::config::PreserveIds::Off
-            })
-        })
-        .collect();
-    for u in &unadopted {
+    let report =
+        glance_sync::status::gather(config, &state, &Default::default()).map_err(failed)?;
+    let (runs, failing, new_ids) = (&report.runs, &report.failing, &report.copies_with_new_ids);
+    for u in &report.unadopted {
         tracing::warn!(
             job = %u.job,
             target = %u.target,
@@ -670,11 +695,7 @@ fn status(config: &Config, format: Format) -> Result<ExitCode, Failure> {
     match format {
         Format::Json => println!(
             "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "runs": runs, "failing": failing, "unadopted": unadopted,
-                "copies_with_new_ids": new_ids
-            }))
-            .expect("status serialises")
+            serde_json::to_string_pretty(&report).expect("status serialises")
         ),
         Format::Table => {
             let rows: Vec<[String; 6]> = runs
@@ -903,19 +924,4 @@ fn check_state_dir(path: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn human_size(bytes: u64) -> String {
-    const UNITS: &[&str] = &["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{bytes} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
 }

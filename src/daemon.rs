@@ -13,10 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::State as AxumState;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
-use axum::routing::get;
 use jiff::Timestamp;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -24,9 +20,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError, Job};
 use crate::engine::Engine;
+use crate::http::Site;
 use crate::metrics::Metrics;
 use crate::progress::Progress;
 use crate::state::{State, StateError};
+use crate::status::JobClock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -61,7 +59,14 @@ struct Shared {
     tracker: TaskTracker,
     /// Kept across reloads: a reload changes the limits of transfers in flight.
     bandwidth: Arc<crate::bandwidth::Registry>,
+    /// Transfers in flight, for the status page; shared by every generation's engine.
+    progress: Progress,
+    /// Next due time and running state per job, for the status page.
+    clocks: Clocks,
+    site: Arc<Site>,
 }
+
+type Clocks = Arc<Mutex<HashMap<String, JobClock>>>;
 
 /// The loops of one config.
 struct Generation {
@@ -89,7 +94,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             metrics.set_unadopted(&u.job, &u.target, u.images);
         }
     }
-    let addr = config.daemon.metrics_listen;
+    let addr = config.metrics.listen;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| DaemonError::Listen { addr, source })?;
@@ -97,33 +102,57 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
 
+    let token = bearer_token(&config)?;
+    if token.is_none() && !addr.ip().is_loopback() {
+        tracing::warn!(
+            "[metrics] listen = {addr} is reachable beyond this host and nothing protects it: \
+             anyone who reaches it reads image names, errors and metrics; set [metrics] \
+             bearer_token_file, or listen on 127.0.0.1 behind a proxy"
+        );
+    }
+    let bandwidth = {
+        let m = metrics.clone();
+        Arc::new(crate::bandwidth::Registry::new(
+            crate::bandwidth::Limit::NONE,
+            move |job, rate| m.set_bandwidth_limit(job, rate),
+        ))
+    };
+    let progress = Progress::default();
+    let clocks = Clocks::default();
+    let site = Arc::new(Site {
+        metrics: metrics.clone(),
+        ready: AtomicBool::new(false),
+        bandwidth: bandwidth.clone(),
+        state: State::open_read_only(&config.state_path)?
+            .expect("State::open created the database"),
+        config: Mutex::new(Arc::new(config.clone())),
+        token: Mutex::new(token),
+        clocks: clocks.clone(),
+        progress: progress.clone(),
+    });
     let shared = Shared {
         state,
         metrics: metrics.clone(),
         locks: JobLocks::default(),
         shutdown: CancellationToken::new(),
         tracker: TaskTracker::new(),
-        bandwidth: {
-            let m = metrics.clone();
-            Arc::new(crate::bandwidth::Registry::new(
-                crate::bandwidth::Limit::NONE,
-                move |job, rate| m.set_bandwidth_limit(job, rate),
-            ))
-        },
+        bandwidth,
+        progress,
+        clocks,
+        site: site.clone(),
     };
-    let ready = Arc::new(AtomicBool::new(false));
     let http_stop = CancellationToken::new();
-    let http = tokio::spawn(serve_http(
+    let http = tokio::spawn(crate::http::serve(
         listener,
-        (metrics.clone(), ready.clone(), shared.bandwidth.clone()),
+        site.clone(),
         http_stop.clone(),
     ));
     let mut generation = start_generation(config, &shared)?;
-    ready.store(true, Ordering::SeqCst);
+    site.ready.store(true, Ordering::SeqCst);
     tracing::info!(
         metrics = %addr,
         jobs = generation.config.jobs.len(),
-        "daemon ready: serving /metrics, /healthz, /readyz on http://{addr}"
+        "daemon ready: serving the status page, /metrics, /healthz, /readyz on http://{addr}"
     );
     notify(&[
         sd_notify::NotifyState::Ready,
@@ -165,6 +194,16 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     Ok(())
 }
 
+fn bearer_token(config: &Config) -> Result<Option<secrecy::SecretString>, DaemonError> {
+    config
+        .metrics
+        .bearer_token()
+        .map_err(|message| DaemonError::Invalid {
+            path: config.path.clone(),
+            message,
+        })
+}
+
 fn require_schedules(config: &Config) -> Result<(), DaemonError> {
     let unscheduled: Vec<&str> = config
         .jobs
@@ -188,7 +227,7 @@ fn require_schedules(config: &Config) -> Result<(), DaemonError> {
 fn start_generation(config: Config, shared: &Shared) -> Result<Generation, DaemonError> {
     let engine = Arc::new(Engine::with_bandwidth(
         &config,
-        Progress::default(),
+        shared.progress.clone(),
         shared.metrics.clone(),
         shared.bandwidth.clone(),
     )?);
@@ -213,8 +252,12 @@ fn start_generation(config: Config, shared: &Shared) -> Result<Generation, Daemo
             shared.state.clone(),
             shared.metrics.clone(),
             lock,
-            stop.clone(),
             shared.shutdown.clone(),
+            ClockHand {
+                job: job.name.clone(),
+                clocks: shared.clocks.clone(),
+                stop: stop.clone(),
+            },
         ));
     }
     Ok(Generation { stop, config })
@@ -228,7 +271,7 @@ fn reload(old: Generation, shared: &Shared) -> Generation {
         .and_then(|c| {
             require_schedules(&c)?;
             if c.state_path != old.config.state_path
-                || c.daemon.metrics_listen != old.config.daemon.metrics_listen
+                || c.metrics.listen != old.config.metrics.listen
             {
                 return Err(DaemonError::Invalid {
                     path: path.clone(),
@@ -237,7 +280,13 @@ fn reload(old: Generation, shared: &Shared) -> Generation {
             }
             Ok(c)
         });
-    match fresh.and_then(|c| start_generation_replacing(c, &old, shared)) {
+    let fresh = fresh.and_then(|c| Ok((bearer_token(&c)?, c)));
+    match fresh.and_then(|(token, c)| {
+        let generation = start_generation_replacing(c, &old, shared)?;
+        *shared.site.token.lock().expect("not poisoned") = token;
+        *shared.site.config.lock().expect("not poisoned") = Arc::new(generation.config.clone());
+        Ok(generation)
+    }) {
         Ok(generation) => {
             tracing::info!(
                 jobs = generation.config.jobs.len(),
@@ -265,6 +314,26 @@ fn start_generation_replacing(
     Ok(generation)
 }
 
+/// Where a job loop posts its next due time and running state for the status page.
+struct ClockHand {
+    job: String,
+    clocks: Clocks,
+    /// The loop's generation's: a replaced generation's loop may still be finishing a run, and
+    /// no longer speaks for the job.
+    stop: CancellationToken,
+}
+
+impl ClockHand {
+    fn set(&self, clock: JobClock) {
+        if !self.stop.is_cancelled() {
+            self.clocks
+                .lock()
+                .expect("not poisoned")
+                .insert(self.job.clone(), clock);
+        }
+    }
+}
+
 /// One job: wait for the next due time, run unless the previous run is still going, repeat.
 async fn job_loop(
     job: Job,
@@ -272,16 +341,22 @@ async fn job_loop(
     state: Arc<State>,
     metrics: Arc<Metrics>,
     lock: Arc<tokio::sync::Mutex<()>>,
-    stop: CancellationToken,
     shutdown: CancellationToken,
+    clock: ClockHand,
 ) {
+    let stop = clock.stop.clone();
     let schedule = job.schedule.clone().expect("daemon jobs have a schedule");
     let mut due = if job.run_on_start {
         Timestamp::now()
     } else {
         schedule.next_after(Timestamp::now())
     };
+    let set_clock = |c| clock.set(c);
     loop {
+        set_clock(JobClock {
+            next_due: Some(due),
+            running_since: None,
+        });
         let wait = due
             .duration_since(Timestamp::now())
             .try_into()
@@ -301,6 +376,10 @@ async fn job_loop(
                     "running job {}",
                     job.name
                 ))]);
+                set_clock(JobClock {
+                    next_due: None,
+                    running_since: Some(Timestamp::now()),
+                });
                 let started = std::time::Instant::now();
                 match engine.run_job(&job, &state, &shutdown).await {
                     Ok(r) => tracing::info!(
@@ -330,48 +409,6 @@ async fn job_loop(
             );
             due = schedule.next_after(due);
         }
-    }
-}
-
-async fn serve_http(listener: tokio::net::TcpListener, state: HttpState, stop: CancellationToken) {
-    let app = axum::Router::new()
-        .route("/metrics", get(metrics_page))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .with_state(state);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { stop.cancelled().await })
-        .await;
-    if let Err(e) = result {
-        tracing::error!("metrics server stopped: {e}");
-    }
-}
-
-type HttpState = (
-    Arc<Metrics>,
-    Arc<AtomicBool>,
-    Arc<crate::bandwidth::Registry>,
-);
-
-async fn metrics_page(
-    AxumState((metrics, _, bandwidth)): AxumState<HttpState>,
-) -> impl IntoResponse {
-    // The limit in force changes at timetable boundaries whether or not anything is copied.
-    bandwidth.refresh();
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        metrics.render(),
-    )
-}
-
-async fn readyz(AxumState((_, ready, _)): AxumState<HttpState>) -> impl IntoResponse {
-    if ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
     }
 }
 

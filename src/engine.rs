@@ -19,10 +19,10 @@ use crate::image::Image;
 use crate::listing::{self, Listing, ListingError};
 use crate::metrics::Metrics;
 use crate::plan::{self, Action, ActionKind, Ledger, NewCopyId, Plan, PlanInput};
-use crate::progress::Progress;
+use crate::progress::{self, Progress};
 use crate::server_copy::{self, Route};
 use crate::state::{Outcome, RunSummary, State, StateError};
-use crate::transfer::{self, CopyTarget, FailureReason};
+use crate::transfer::{self, CopyMethod, CopyTarget, FailureReason};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
@@ -1042,6 +1042,14 @@ impl Execution<'_> {
                     stall_timeout: self.engine.settings.stall_timeout,
                     stores: &policy.stores,
                 };
+                let _shown = self.engine.progress.start(progress::Transfer {
+                    job: &self.job.name,
+                    image: label,
+                    source_id: &image.id,
+                    targets: vec![action.target.clone()],
+                    method: CopyMethod::GlanceDownload,
+                    size: image.size.unwrap_or(0),
+                });
                 server_copy::glance_download(&pull, t, self.cancel).await
             }
         }));
@@ -1167,7 +1175,17 @@ impl Execution<'_> {
         if targets.is_empty() {
             return vec![];
         }
-        let bar = self.engine.progress.bar(label, image.size.unwrap_or(0));
+        let bar = self.engine.progress.start(progress::Transfer {
+            job: &self.job.name,
+            image: label,
+            source_id: &image.id,
+            targets: targets
+                .iter()
+                .map(|t| t.client.cloud().to_string())
+                .collect(),
+            method: CopyMethod::Stream,
+            size: image.size.unwrap_or(0),
+        });
         transfer::copy_image(
             self.engine.client(&self.job.source),
             image,

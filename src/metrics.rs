@@ -104,7 +104,7 @@ impl Metrics {
                 "glance_sync_images",
                 "Selected source images per target by replication state after the job's last run",
             ),
-            &["job", "target", "state"],
+            &["sync_job", "target", "state"],
         )
         .expect("valid metric");
         r.register(Box::new(images.clone())).expect("unique metric");
@@ -115,7 +115,7 @@ impl Metrics {
                  marker for the job's source cloud but are not in the state database's ledger \
                  (lost or restored state database; see glance-sync adopt)",
             ),
-            &["job", "target"],
+            &["sync_job", "target"],
         )
         .expect("valid metric");
         r.register(Box::new(unadopted.clone()))
@@ -126,13 +126,13 @@ impl Metrics {
                 &r,
                 "glance_sync_runs_total",
                 "Finished job runs by result",
-                &["job", "result"],
+                &["sync_job", "result"],
             ),
             run_duration: histogram(
                 &r,
                 "glance_sync_run_duration_seconds",
                 "Wall time of job runs",
-                &["job"],
+                &["sync_job"],
                 vec![
                     1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
                     14400.0,
@@ -141,59 +141,59 @@ impl Metrics {
             bandwidth_limit: gauge(
                 &r,
                 "glance_sync_bandwidth_limit_bytes_per_second",
-                "The source download limit in force (max_bandwidth), 0 for none; job=\"\" is \
+                "The source download limit in force (max_bandwidth), 0 for none; sync_job=\"\" is \
                  the whole process's",
-                &["job"],
+                &["sync_job"],
             ),
             last_run: gauge(
                 &r,
                 "glance_sync_last_run_timestamp_seconds",
                 "When the job's last run finished (Unix time)",
-                &["job"],
+                &["sync_job"],
             ),
             last_success: gauge(
                 &r,
                 "glance_sync_last_success_timestamp_seconds",
                 "When the job last finished with every image in sync (Unix time)",
-                &["job"],
+                &["sync_job"],
             ),
             images,
             images_copied: counter(
                 &r,
                 "glance_sync_images_copied_total",
                 "Images copied and verified",
-                &["job", "target"],
+                &["sync_job", "target"],
             ),
             bytes_copied: counter(
                 &r,
                 "glance_sync_bytes_copied_total",
                 "Bytes of images copied and verified, by what moved them (stream: through \
                  glance-sync; glance-download: the target's Glance pulled them)",
-                &["job", "target", "method"],
+                &["sync_job", "target", "method"],
             ),
             transfer_failures: counter(
                 &r,
                 "glance_sync_transfer_failures_total",
                 "Failed image copies by reason",
-                &["job", "target", "reason"],
+                &["sync_job", "target", "reason"],
             ),
             verification_failures: counter(
                 &r,
                 "glance_sync_verification_failures_total",
                 "Copies refused because bytes or digests did not match the source",
-                &["job", "target"],
+                &["sync_job", "target"],
             ),
             runs_skipped: counter(
                 &r,
                 "glance_sync_runs_skipped_total",
                 "Scheduled runs skipped because the job's previous run was still going",
-                &["job"],
+                &["sync_job"],
             ),
             job_interval: gauge(
                 &r,
                 "glance_sync_job_interval_seconds",
                 "Nominal time between scheduled runs of the job (for staleness alerts)",
-                &["job"],
+                &["sync_job"],
             ),
             api_requests: counter(
                 &r,

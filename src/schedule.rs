@@ -75,7 +75,7 @@ impl Schedule {
     pub fn describe(&self) -> String {
         match self {
             Schedule::Interval(d) => format!(
-                "every {}",
+                "every {:#}",
                 jiff::SignedDuration::try_from(*d).unwrap_or_default()
             ),
             Schedule::Cron {

@@ -86,6 +86,8 @@ pub struct RunRecord {
     pub images_copied: u64,
     pub bytes_copied: u64,
     pub images_failed: u64,
+    /// Why the whole run failed, when it did.
+    pub error: Option<String>,
 }
 
 /// Another job's copy of a source image that this job was about to copy too.
@@ -117,6 +119,9 @@ pub struct FailingImage {
     pub attempts: u64,
     pub last_error: Option<String>,
     pub updated_at: String,
+    /// The failure began after this: the last time the copy was in sync, or when the image was
+    /// first seen if it never was.
+    pub failing_since: String,
 }
 
 /// An in-sync copy of ours whose id is not its source image's: made before `preserve_ids`, or
@@ -733,14 +738,30 @@ impl State {
     /// The newest run of each job. A run marked `running` whose process is gone (nobody holds
     /// the run lock) shows as `abandoned`.
     pub fn last_runs(&self) -> Result<Vec<RunRecord>, StateError> {
+        self.runs_where(
+            "id IN (SELECT MAX(id) FROM runs GROUP BY job) ORDER BY job",
+            params![],
+        )
+    }
+
+    /// The newest `limit` runs of `job`, newest first.
+    pub fn job_runs(&self, job: &str, limit: u32) -> Result<Vec<RunRecord>, StateError> {
+        self.runs_where("job = ?1 ORDER BY id DESC LIMIT ?2", params![job, limit])
+    }
+
+    fn runs_where(
+        &self,
+        condition: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<RunRecord>, StateError> {
         let live = self.runs_are_live();
         self.with(|c| {
-            let mut q = c.prepare(
+            let mut q = c.prepare(&format!(
                 "SELECT id, job, started_at, finished_at, result, images_copied, bytes_copied,
-                        images_failed
-                 FROM runs WHERE id IN (SELECT MAX(id) FROM runs GROUP BY job) ORDER BY job",
-            )?;
-            q.query_map([], |r| {
+                        images_failed, error
+                 FROM runs WHERE {condition}"
+            ))?;
+            q.query_map(args, |r| {
                 Ok(RunRecord {
                     id: r.get(0)?,
                     job: r.get(1)?,
@@ -753,6 +774,7 @@ impl State {
                     images_copied: r.get(5)?,
                     bytes_copied: r.get(6)?,
                     images_failed: r.get(7)?,
+                    error: r.get(8)?,
                 })
             })?
             .collect()
@@ -763,7 +785,7 @@ impl State {
         self.with(|c| {
             let mut q = c.prepare(
                 "SELECT job, source_cloud, source_id, name, target_cloud, attempts, last_error,
-                        updated_at
+                        updated_at, COALESCE(synced_at, first_seen_at)
                  FROM replicas WHERE state = 'failed' ORDER BY job, name, target_cloud",
             )?;
             q.query_map([], |r| {
@@ -776,6 +798,7 @@ impl State {
                     attempts: r.get(5)?,
                     last_error: r.get(6)?,
                     updated_at: r.get(7)?,
+                    failing_since: r.get(8)?,
                 })
             })?
             .collect()

@@ -67,7 +67,7 @@ async fn daemon_runs_the_job_on_schedule_and_metrics_show_what_it_copied() {
         &daemon_extra("interval = \"2s\"", port, ""),
     );
     let mut d = DaemonProc::start(&cfg, port).await;
-    let runs = [("job", "job"), ("result", "success")];
+    let runs = [("sync_job", "job"), ("result", "success")];
     d.wait_for(Duration::from_secs(60), "two successful runs", || async {
         d.metric("glance_sync_runs_total", &runs)
             .await
@@ -77,8 +77,8 @@ async fn daemon_runs_the_job_on_schedule_and_metrics_show_what_it_copied() {
     .await;
 
     let text = d.metrics().await;
-    let target = [("job", "job"), ("target", "dr")];
-    let streamed = [("job", "job"), ("target", "dr"), ("method", "stream")];
+    let target = [("sync_job", "job"), ("target", "dr")];
+    let streamed = [("sync_job", "job"), ("target", "dr"), ("method", "stream")];
     assert_eq!(
         metric_value(&text, "glance_sync_bytes_copied_total", &streamed),
         Some(total as f64)
@@ -92,14 +92,14 @@ async fn daemon_runs_the_job_on_schedule_and_metrics_show_what_it_copied() {
         metric_value(
             &text,
             "glance_sync_images",
-            &[("job", "job"), ("target", "dr"), ("state", "in_sync")]
+            &[("sync_job", "job"), ("target", "dr"), ("state", "in_sync")]
         ),
         Some(3.0)
     );
     let last = metric_value(
         &text,
         "glance_sync_last_success_timestamp_seconds",
-        &[("job", "job")],
+        &[("sync_job", "job")],
     )
     .unwrap();
     let now = jiff::Timestamp::now().as_second() as f64;
@@ -178,7 +178,12 @@ async fn a_run_that_outlasts_its_interval_is_skipped_not_doubled_and_counted() {
     )
     .await;
     let text = d.metrics().await;
-    let skipped = metric_value(&text, "glance_sync_runs_skipped_total", &[("job", "job")]).unwrap();
+    let skipped = metric_value(
+        &text,
+        "glance_sync_runs_skipped_total",
+        &[("sync_job", "job")],
+    )
+    .unwrap();
     assert!(skipped >= 2.0, "skipped {skipped}");
     let downloads: Vec<String> = source
         .request_log()
@@ -320,7 +325,7 @@ async fn sighup_applies_a_changed_job_list_and_keeps_the_old_config_when_the_new
     let before = d
         .metric(
             "glance_sync_runs_total",
-            &[("job", "second"), ("result", "success")],
+            &[("sync_job", "second"), ("result", "success")],
         )
         .await
         .unwrap();
@@ -331,7 +336,7 @@ async fn sighup_applies_a_changed_job_list_and_keeps_the_old_config_when_the_new
         || async {
             d.metric(
                 "glance_sync_runs_total",
-                &[("job", "second"), ("result", "success")],
+                &[("sync_job", "second"), ("result", "success")],
             )
             .await
             .unwrap()
@@ -369,7 +374,7 @@ async fn metrics_textfile_of_a_one_shot_run_is_valid_and_complete() {
         metric_value(
             &text,
             "glance_sync_bytes_copied_total",
-            &[("job", "job"), ("target", "dr"), ("method", "stream")]
+            &[("sync_job", "job"), ("target", "dr"), ("method", "stream")]
         ),
         Some(10_000.0)
     );
@@ -581,12 +586,16 @@ async fn a_real_prometheus_scrapes_the_daemon_and_loads_the_alert_rules() {
     let series = query("glance_sync_bytes_copied_total{method=\"stream\"}")
         .await
         .unwrap();
-    assert_eq!(
-        series[0]["metric"]["job"], "job",
-        "honor_labels keeps glance-sync's job label"
+    // Without honor_labels: Prometheus' own `job` is the scrape job, the replication job is
+    // `sync_job`, and nothing is renamed to exported_job.
+    assert_eq!(series[0]["metric"]["job"], "glance-sync", "{series:?}");
+    assert_eq!(series[0]["metric"]["sync_job"], "job", "{series:?}");
+    assert!(
+        series[0]["metric"].get("exported_job").is_none(),
+        "{series:?}"
     );
     assert_eq!(series[0]["value"][1], "4096");
-    let up = query("up").await.unwrap();
+    let up = query("up{job=\"glance-sync\"}").await.unwrap();
     assert_eq!(up[0]["value"][1], "1");
     let rules: serde_json::Value = reqwest::get(format!("{api}/rules"))
         .await
@@ -667,7 +676,7 @@ async fn sighup_changes_the_bandwidth_limit_of_a_copy_in_flight() {
     assert_eq!(
         d.metric(
             "glance_sync_bandwidth_limit_bytes_per_second",
-            &[("job", "")]
+            &[("sync_job", "")]
         )
         .await,
         Some(2.0 * 1024.0 * 1024.0)
@@ -692,7 +701,7 @@ async fn sighup_changes_the_bandwidth_limit_of_a_copy_in_flight() {
     assert_eq!(
         d.metric(
             "glance_sync_bandwidth_limit_bytes_per_second",
-            &[("job", "")]
+            &[("sync_job", "")]
         )
         .await,
         Some(0.0)

@@ -290,13 +290,13 @@ async fn failure_counters_exist_at_zero_before_the_first_failure_and_errors_are_
         "interrupted",
     ] {
         let series = format!(
-            "glance_sync_transfer_failures_total{{job=\"job\",reason=\"{reason}\",target=\"dr\"}} 0"
+            "glance_sync_transfer_failures_total{{reason=\"{reason}\",sync_job=\"job\",target=\"dr\"}} 0"
         );
         assert!(before.contains(&series), "missing {series}:\n{before}");
     }
     for series in [
-        "glance_sync_runs_total{job=\"job\",result=\"failure\"} 0",
-        "glance_sync_unadopted_images{job=\"job\",target=\"dr\"} 0",
+        "glance_sync_runs_total{result=\"failure\",sync_job=\"job\"} 0",
+        "glance_sync_unadopted_images{sync_job=\"job\",target=\"dr\"} 0",
         "glance_sync_api_requests_total{cloud=\"dr\",operation=\"upload\",status_class=\"4xx\"} 0",
     ] {
         assert!(before.contains(series), "missing {series}:\n{before}");

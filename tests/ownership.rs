@@ -110,7 +110,7 @@ async fn a_frequent_job_never_deletes_the_copy_another_job_is_uploading() {
             daemon
                 .metric(
                     "glance_sync_runs_total",
-                    &[("job", "big"), ("result", "success")],
+                    &[("sync_job", "big"), ("result", "success")],
                 )
                 .await
                 .is_some_and(|n| n >= 1.0)
@@ -224,14 +224,14 @@ async fn two_concurrent_jobs_killed_ten_times_end_with_every_image_once_and_veri
                 && daemon
                     .metric(
                         "glance_sync_runs_total",
-                        &[("job", "big"), ("result", "success")],
+                        &[("sync_job", "big"), ("result", "success")],
                     )
                     .await
                     .is_some_and(|n| n >= 1.0)
                 && daemon
                     .metric(
                         "glance_sync_runs_total",
-                        &[("job", "small"), ("result", "success")],
+                        &[("sync_job", "small"), ("result", "success")],
                     )
                     .await
                     .is_some_and(|n| n >= 1.0)
@@ -445,7 +445,7 @@ async fn a_lost_state_database_is_reported_and_adopt_restores_ownership() {
     assert!(run.stderr.contains(warning), "run: {}", run.stderr);
     let metrics = std::fs::read_to_string(&textfile).unwrap();
     assert!(
-        metrics.contains("glance_sync_unadopted_images{job=\"job\",target=\"dr\"} 2"),
+        metrics.contains("glance_sync_unadopted_images{sync_job=\"job\",target=\"dr\"} 2"),
         "{metrics}"
     );
     let plan = glance_sync(&cfg, &["plan"]).await;
@@ -551,7 +551,7 @@ async fn two_jobs_selecting_the_same_images_at_the_same_moment_copy_each_once() 
                     metric_value(
                         &metrics,
                         "glance_sync_runs_total",
-                        &[("job", job), ("result", "success")],
+                        &[("sync_job", job), ("result", "success")],
                     )
                     .is_some_and(|n| n >= 1.0)
                 })

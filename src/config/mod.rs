@@ -54,16 +54,28 @@ pub struct Config {
     pub state_path: PathBuf,
     pub transfer: TransferSettings,
     pub daemon: DaemonSettings,
+    pub metrics: MetricsSettings,
     pub clouds: BTreeMap<String, CloudConfig>,
     pub jobs: Vec<Job>,
 }
 
 #[derive(Debug, Clone)]
 pub struct DaemonSettings {
-    /// Where `/metrics`, `/healthz` and `/readyz` are served.
-    pub metrics_listen: SocketAddr,
     /// How long transfers in flight get to abort and clean up after SIGTERM.
     pub shutdown_grace: std::time::Duration,
+}
+
+/// `[metrics]`: the daemon's HTTP listener and where one-shot runs push their metrics.
+#[derive(Debug, Clone)]
+pub struct MetricsSettings {
+    /// Where `/metrics`, `/healthz`, `/readyz` and the status page are served.
+    pub listen: SocketAddr,
+    /// When set, every path but `/healthz` and `/readyz` needs `Authorization: Bearer <token>`,
+    /// the token being this file's content. Only the daemon reads it (`bearer_token`), so
+    /// `plan` or `status` run by another user do not need to.
+    pub bearer_token_file: Option<PathBuf>,
+    /// The Pushgateway `run` pushes its metrics to (`--pushgateway` overrides it).
+    pub pushgateway: Option<url::Url>,
 }
 
 #[derive(Debug, Clone)]
@@ -395,6 +407,48 @@ impl Filter {
     }
 }
 
+/// A Pushgateway's base URL, from the config or `--pushgateway`.
+pub fn pushgateway_url(text: &str, what: &str) -> Result<url::Url, String> {
+    match url::Url::parse(text) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(u),
+        Ok(u) => Err(format!(
+            "{what} is {text:?}: the scheme must be http or https, not {}",
+            u.scheme()
+        )),
+        Err(e) => Err(format!(
+            "{what} is {text:?}, not a URL ({e}); write it as \"http://pushgateway.example:9091\""
+        )),
+    }
+}
+
+impl MetricsSettings {
+    /// The token of `bearer_token_file`: the file's content without surrounding whitespace.
+    pub fn bearer_token(&self) -> Result<Option<SecretString>, String> {
+        self.bearer_token_file
+            .as_deref()
+            .map(read_bearer_token)
+            .transpose()
+    }
+}
+
+fn read_bearer_token(full: &Path) -> Result<SecretString, String> {
+    let text = std::fs::read_to_string(full).map_err(|e| {
+        format!(
+            "[metrics] bearer_token_file {}: cannot read it: {e}; the daemon's user must be able \
+             to read it",
+            full.display()
+        )
+    })?;
+    let token = text.trim();
+    if token.is_empty() || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "[metrics] bearer_token_file {} must hold one token (no spaces, not empty)",
+            full.display()
+        ));
+    }
+    Ok(SecretString::from(token.to_string()))
+}
+
 // ---- the file as written --------------------------------------------------------------------
 
 // No Debug on the file's structs: they hold secrets as plain strings until resolved.
@@ -424,6 +478,8 @@ struct StateSection {
 #[serde(deny_unknown_fields)]
 struct MetricsSection {
     listen: Option<SocketAddr>,
+    bearer_token_file: Option<PathBuf>,
+    pushgateway: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -729,11 +785,21 @@ impl Config {
             ));
         }
 
-        let daemon = DaemonSettings {
-            metrics_listen: file
+        let metrics = MetricsSettings {
+            listen: file
                 .metrics
                 .listen
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9420))),
+            bearer_token_file: file.metrics.bearer_token_file,
+            pushgateway: file
+                .metrics
+                .pushgateway
+                .as_deref()
+                .map(|u| pushgateway_url(u, "[metrics] pushgateway"))
+                .transpose()
+                .map_err(&invalid)?,
+        };
+        let daemon = DaemonSettings {
             shutdown_grace: positive_duration(
                 file.daemon.shutdown_grace,
                 30,
@@ -745,6 +811,7 @@ impl Config {
         Ok(Config {
             path: path.to_path_buf(),
             state_path: file.state.path,
+            metrics,
             transfer,
             daemon,
             clouds,
@@ -1599,7 +1666,8 @@ visibility = ["public", "community"]
         let cfg = parse(&ok).unwrap();
         assert!(matches!(cfg.jobs[0].schedule, Some(Schedule::Interval(d)) if d.as_secs() == 1800));
         assert!(!cfg.jobs[0].run_on_start);
-        assert_eq!(cfg.daemon.metrics_listen.to_string(), "127.0.0.1:9420");
+        assert_eq!(cfg.metrics.listen.to_string(), "127.0.0.1:9420");
+        assert!(cfg.metrics.bearer_token_file.is_none() && cfg.metrics.pushgateway.is_none());
         assert_eq!(cfg.daemon.shutdown_grace.as_secs(), 30);
     }
 
