@@ -13,6 +13,7 @@ use glance_sync::engine::{Engine, JobPlan, JobReport};
 use glance_sync::metrics::Metrics;
 use glance_sync::plan::ActionKind;
 use glance_sync::progress::Progress;
+use glance_sync::pushgateway;
 use glance_sync::state::State;
 use glance_sync::terminal::{self, escape, human_size, print_table, table_name};
 use std::sync::Arc;
@@ -339,11 +340,11 @@ struct MetricsOutputs<'a> {
 
 async fn run(
     config: &Config,
-    jobs: &[String],
+    selected: &[String],
     progress: Progress,
     outputs: MetricsOutputs<'_>,
 ) -> Result<ExitCode, Failure> {
-    let jobs = config.select_jobs(jobs).map_err(usage)?;
+    let jobs = config.select_jobs(selected).map_err(usage)?;
     let metrics = Metrics::new();
     let engine = Engine::new(config, progress, metrics.clone()).map_err(usage)?;
     let interrupt = Interrupt::watch()?;
@@ -376,11 +377,18 @@ async fn run(
             .map_err(failed)?;
     }
     if let Some(url) = outputs.pushgateway {
-        let instance = glance_sync::pushgateway::hostname();
-        match glance_sync::pushgateway::push(url, &instance, metrics.render()).await {
+        let group = pushgateway::Group {
+            instance: pushgateway::hostname(),
+            selected_jobs: (!selected.is_empty()).then(|| {
+                let mut names: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
+                names.sort();
+                names
+            }),
+        };
+        match pushgateway::push(url, &group, metrics.render()).await {
             Ok(()) => tracing::info!(
-                "metrics pushed to the Pushgateway (job=\"{}\", instance=\"{instance}\")",
-                glance_sync::pushgateway::GROUP_JOB
+                "metrics pushed to the Pushgateway: {}",
+                pushgateway::redacted(&pushgateway::group_url(url, &group))
             ),
             // Alerts on pushed metrics go quiet when pushes fail: a successful run says so by
             // its exit code; a failed run's own exit code is never hidden behind this one.

@@ -5,6 +5,10 @@
 //! run's metrics stand until the next run, and series of replication jobs a later config dropped
 //! disappear with it. Every series carries its replication job as `sync_job`, so several jobs of
 //! one config arrive side by side in one group.
+//!
+//! A run of only some jobs (`run --job a --job b`) pushes to its own group, with the extra key
+//! `sync_jobs="a,b"`: timers that run different jobs of one host must not replace each other's
+//! last success.
 
 use std::time::Duration;
 
@@ -33,8 +37,17 @@ pub enum PushError {
     },
 }
 
-/// Where this host's group lives under the Pushgateway's base URL.
-pub fn group_url(base: &Url, instance: &str) -> Url {
+/// Which metrics group a run replaces.
+#[derive(Debug, Clone)]
+pub struct Group {
+    pub instance: String,
+    /// The jobs a `--job` run selected, sorted; `None` for a run of every job.
+    pub selected_jobs: Option<Vec<String>>,
+}
+
+/// Where `group` lives under the Pushgateway's base URL.
+pub fn group_url(base: &Url, group: &Group) -> Url {
+    let instance = group.instance.as_str();
     let mut url = base.clone();
     {
         let mut path = url
@@ -47,6 +60,9 @@ pub fn group_url(base: &Url, instance: &str) -> Url {
             path.extend(["instance@base64", "="]);
         } else {
             path.extend(["instance", &instance.replace('/', "_")]);
+        }
+        if let Some(jobs) = &group.selected_jobs {
+            path.extend(["sync_jobs", &jobs.join(",").replace('/', "_")]);
         }
     }
     url
@@ -63,8 +79,8 @@ pub fn hostname() -> String {
 }
 
 /// Replaces this host's group with `exposition` (Prometheus text format).
-pub async fn push(base: &Url, instance: &str, exposition: String) -> Result<(), PushError> {
-    let url = group_url(base, instance);
+pub async fn push(base: &Url, group: &Group, exposition: String) -> Result<(), PushError> {
+    let url = group_url(base, group);
     let unreachable = |source| PushError::Unreachable {
         url: redacted(&url),
         source,
@@ -96,7 +112,7 @@ pub async fn push(base: &Url, instance: &str, exposition: String) -> Result<(), 
 }
 
 /// The URL without a password a Pushgateway behind basic auth may have been given in.
-fn redacted(url: &Url) -> Url {
+pub fn redacted(url: &Url) -> Url {
     let mut url = url.clone();
     if url.password().is_some() {
         let _ = url.set_password(Some("REDACTED"));
@@ -108,16 +124,23 @@ fn redacted(url: &Url) -> Url {
 mod tests {
     use super::*;
 
+    fn host(name: &str) -> Group {
+        Group {
+            instance: name.into(),
+            selected_jobs: None,
+        }
+    }
+
     #[test]
     fn the_group_is_job_glance_sync_and_this_instance_under_any_base_path() {
         let base = Url::parse("http://pg:9091").unwrap();
         assert_eq!(
-            group_url(&base, "node-1").as_str(),
+            group_url(&base, &host("node-1")).as_str(),
             "http://pg:9091/metrics/job/glance-sync/instance/node-1"
         );
         let behind_proxy = Url::parse("https://proxy/pushgateway/").unwrap();
         assert_eq!(
-            group_url(&behind_proxy, "node-1").as_str(),
+            group_url(&behind_proxy, &host("node-1")).as_str(),
             "https://proxy/pushgateway/metrics/job/glance-sync/instance/node-1"
         );
     }
@@ -126,19 +149,32 @@ mod tests {
     fn an_empty_or_odd_hostname_still_makes_a_valid_group() {
         let base = Url::parse("http://pg:9091").unwrap();
         assert_eq!(
-            group_url(&base, "").as_str(),
+            group_url(&base, &host("")).as_str(),
             "http://pg:9091/metrics/job/glance-sync/instance@base64/="
         );
         assert_eq!(
-            group_url(&base, "a/b c").as_str(),
+            group_url(&base, &host("a/b c")).as_str(),
             "http://pg:9091/metrics/job/glance-sync/instance/a_b%20c"
+        );
+    }
+
+    #[test]
+    fn a_run_of_some_jobs_has_a_group_of_its_own() {
+        let base = Url::parse("http://pg:9091").unwrap();
+        let group = Group {
+            instance: "h".into(),
+            selected_jobs: Some(vec!["a".into(), "b".into()]),
+        };
+        assert_eq!(
+            group_url(&base, &group).as_str(),
+            "http://pg:9091/metrics/job/glance-sync/instance/h/sync_jobs/a,b"
         );
     }
 
     #[test]
     fn a_password_in_the_url_never_reaches_an_error_message() {
         let url = Url::parse("http://user:s3cret@pg:9091/").unwrap();
-        let shown = redacted(&group_url(&url, "h")).to_string();
+        let shown = redacted(&group_url(&url, &host("h"))).to_string();
         assert!(!shown.contains("s3cret"), "{shown}");
     }
 }
