@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# The Debian package, end to end (run by tests/run.sh after the cargo tests; root needed):
+#   build it (release binary, man page and completions generated from the CLI, cargo deb),
+#   lintian clean (each override justified in deploy/debian/lintian-overrides),
+#   install with dpkg: --version, files, modes and owners, the service user, units not enabled,
+#   systemd-analyze verify of the installed units,
+#   the service user runs `check` and `run` against a real Glance with the installed config,
+#   remove: only the config and the state database stay; purge: nothing stays.
+# Env: GLANCE_SYNC_HARNESS (real Glance, installed by tests/harness/install.sh).
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+H=$REPO/tests/harness
+PASSED=0
+ok() { PASSED=$((PASSED + 1)); printf '[package] ok: %s\n' "$*"; }
+fail() { printf '[package] FAILED: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || fail "installing a package needs root"
+command -v cargo-deb >/dev/null || fail "cargo-deb missing (tests/run.sh installs it)"
+command -v lintian >/dev/null || fail "lintian missing (tests/run.sh installs it)"
+
+# Leftovers of an interrupted earlier run.
+dpkg -s glance-sync >/dev/null 2>&1 && dpkg --purge glance-sync >/dev/null
+
+cargo build --release --locked --bin glance-sync
+ASSETS=target/debian-assets
+rm -rf "$ASSETS" && mkdir -p "$ASSETS"
+BIN=target/release/glance-sync
+"$BIN" man | gzip -9n > "$ASSETS/glance-sync.1.gz"
+"$BIN" completions bash > "$ASSETS/glance-sync.bash"
+"$BIN" completions zsh > "$ASSETS/_glance-sync"
+"$BIN" completions fish > "$ASSETS/glance-sync.fish"
+rm -f target/debian/glance-sync_*.deb
+cargo deb --no-build --locked
+DEB=$(ls target/debian/glance-sync_*.deb)
+ok "built $DEB ($(du -h "$DEB" | cut -f1))"
+
+lintian --fail-on error,warning --display-info "$DEB" | tee target/debian/lintian.log
+ok "lintian: no error or warning"
+
+dpkg -i "$DEB"
+trap 'dpkg --purge glance-sync >/dev/null 2>&1 || true; "$H/glance.sh" stop pkg-glance >/dev/null 2>&1 || true' EXIT
+version=$(glance-sync --version)
+[ "$version" = "glance-sync $(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)" ] ||
+    fail "glance-sync --version said: $version"
+ok "installed: $version"
+
+[ "$(stat -c '%a %U %G' /etc/glance-sync/config.toml)" = "640 root glance-sync" ] ||
+    fail "/etc/glance-sync/config.toml is $(stat -c '%a %U %G' /etc/glance-sync/config.toml)"
+grep -qx /etc/glance-sync/config.toml /var/lib/dpkg/info/glance-sync.conffiles ||
+    fail "config.toml is not a conffile"
+ok "config: conffile, 0640 root:glance-sync"
+id glance-sync | grep -q 'uid=' && [ "$(getent passwd glance-sync | cut -d: -f7)" != /bin/bash ] ||
+    fail "no system user glance-sync"
+[ "$(stat -c '%U %G' /var/lib/glance-sync)" = "glance-sync glance-sync" ] ||
+    fail "/var/lib/glance-sync is owned by $(stat -c '%U %G' /var/lib/glance-sync)"
+ok "system user glance-sync owns /var/lib/glance-sync"
+for f in /usr/share/man/man1/glance-sync.1.gz \
+         /usr/share/bash-completion/completions/glance-sync \
+         /usr/share/zsh/vendor-completions/_glance-sync \
+         /usr/share/fish/vendor_completions.d/glance-sync.fish \
+         /usr/share/glance-sync/prometheus/alerts.yml \
+         /usr/share/glance-sync/grafana/glance-sync.json; do
+    [ -s "$f" ] || fail "missing $f"
+done
+man -l /usr/share/man/man1/glance-sync.1.gz 2>/dev/null | grep -q "glance-sync" ||
+    zcat /usr/share/man/man1/glance-sync.1.gz | grep -q '^.TH' || fail "man page unreadable"
+ok "man page, completions, rules and dashboard installed"
+if ls /etc/systemd/system/*.wants/glance-sync* >/dev/null 2>&1; then
+    fail "units enabled on install"
+fi
+ok "units installed, not enabled"
+
+systemd-analyze verify /lib/systemd/system/glance-sync.service \
+    /lib/systemd/system/glance-sync-run.service /lib/systemd/system/glance-sync-run.timer \
+    2> target/debian/verify.log || { cat target/debian/verify.log; fail "systemd-analyze verify"; }
+[ ! -s target/debian/verify.log ] || { cat target/debian/verify.log; fail "systemd-analyze verify warned"; }
+systemd-analyze cat-config systemd/system/glance-sync.service 2>/dev/null |
+    grep -q '^User=glance-sync' || grep -q '^User=glance-sync' \
+    /lib/systemd/system/glance-sync.service.d/debian.conf || fail "drop-in missing"
+ok "systemd-analyze verify: installed units clean"
+
+# As an operator would: the installed config edited to name a real Glance (ownership and mode
+# kept), then the service user checks it and runs one pass.
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+url=$("$H/glance.sh" start pkg-glance "$port" | tail -1)
+curl -sf "$url/versions" >/dev/null || fail "real Glance did not start ($url)"
+cat > /etc/glance-sync/config.toml <<TOML
+[state]
+path = "/var/lib/glance-sync/state.db"
+
+[clouds.prod]
+auth_type = "none"
+image_endpoint_override = "$url"
+
+[clouds.dr]
+auth_type = "none"
+image_endpoint_override = "$url"
+project_id = "dr-project"
+
+[[jobs]]
+name = "golden"
+source = "prod"
+targets = ["dr"]
+interval = "30m"
+[jobs.filter]
+# One Glance plays both clouds here: nothing is selected, so a run copies nothing.
+include = ["nothing-matches-*"]
+TOML
+[ "$(stat -c '%a %U %G' /etc/glance-sync/config.toml)" = "640 root glance-sync" ] || fail "edit changed the mode"
+runuser -u glance-sync -- glance-sync --config /etc/glance-sync/config.toml check ||
+    fail "the service user's check"
+ok "the service user runs check against real Glance with the installed config"
+runuser -u glance-sync -- glance-sync --config /etc/glance-sync/config.toml run ||
+    fail "the service user's run"
+[ "$(stat -c '%U' /var/lib/glance-sync/state.db)" = glance-sync ] || fail "state.db not the user's"
+ok "the service user runs a pass and keeps its state in /var/lib/glance-sync"
+
+dpkg -r glance-sync
+left=$(find /etc/glance-sync /var/lib/glance-sync /usr/bin/glance-sync /lib/systemd/system \
+    /usr/share/glance-sync /usr/share/man/man1 /usr/share/bash-completion \
+    -name '*glance-sync*' 2>/dev/null | sort | tr '\n' ' ')
+[ "$left" = "/etc/glance-sync /etc/glance-sync/config.toml /var/lib/glance-sync " ] ||
+    fail "after remove, left: $left"
+ok "remove: only the config and the state directory stay"
+
+dpkg --purge glance-sync
+trap '"$H/glance.sh" stop pkg-glance >/dev/null 2>&1 || true' EXIT
+[ ! -e /etc/glance-sync ] && [ ! -e /var/lib/glance-sync ] || fail "purge left $(ls -d /etc/glance-sync /var/lib/glance-sync 2>/dev/null)"
+! getent passwd glance-sync >/dev/null || fail "purge left the user"
+! dpkg-statoverride --list /etc/glance-sync/config.toml >/dev/null || fail "purge left the stat override"
+ok "purge: nothing stays"
+printf '[package] %d checks passed\n' "$PASSED"
