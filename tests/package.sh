@@ -32,7 +32,7 @@ BIN=target/release/glance-sync
 "$BIN" completions zsh > "$ASSETS/_glance-sync"
 "$BIN" completions fish > "$ASSETS/glance-sync.fish"
 rm -f target/debian/glance-sync_*.deb
-cargo deb --no-build --locked
+cargo deb --no-build --locked --strip
 DEB=$(ls target/debian/glance-sync_*.deb)
 ok "built $DEB ($(du -h "$DEB" | cut -f1))"
 
@@ -64,8 +64,9 @@ for f in /usr/share/man/man1/glance-sync.1.gz \
          /usr/share/glance-sync/grafana/glance-sync.json; do
     [ -s "$f" ] || fail "missing $f"
 done
-man -l /usr/share/man/man1/glance-sync.1.gz 2>/dev/null | grep -q "glance-sync" ||
-    zcat /usr/share/man/man1/glance-sync.1.gz | grep -q '^.TH' || fail "man page unreadable"
+# Rendered with groff, not man: man would leave a cached page in /var/cache/man behind.
+zcat /usr/share/man/man1/glance-sync.1.gz | groff -man -Tutf8 -P-cbou 2>/dev/null |
+    grep -q 'completions' || fail "man page unreadable, or without its subcommands"
 ok "man page, completions, rules and dashboard installed"
 if ls /etc/systemd/system/*.wants/glance-sync* >/dev/null 2>&1; then
     fail "units enabled on install"
@@ -117,18 +118,31 @@ runuser -u glance-sync -- glance-sync --config /etc/glance-sync/config.toml run 
 [ "$(stat -c '%U' /var/lib/glance-sync/state.db)" = glance-sync ] || fail "state.db not the user's"
 ok "the service user runs a pass and keeps its state in /var/lib/glance-sync"
 
+# Everything on this host named after the package, but in the checkout, home, temporary files,
+# man-db's cache of formatted pages (lintian's man run fills it; man-db's cron job empties it)
+# and (when $1 = without-dpkg) dpkg's own records of a removed package.
+named_glance_sync() {
+  local skip=(/proc /sys /dev /run /work /root /tmp "$REPO" /var/cache/man)
+  [ "$1" = without-dpkg ] && skip+=(/var/lib/dpkg)
+  local prune=()
+  for p in "${skip[@]}"; do prune+=(-path "$p" -o); done
+  (find / -xdev \( "${prune[@]}" -false \) -prune -o -name '*glance-sync*' -print 2>/dev/null ||
+    true) | sort | tr '\n' ' '
+}
+
 dpkg -r glance-sync
-left=$(find /etc/glance-sync /var/lib/glance-sync /usr/bin/glance-sync /lib/systemd/system \
-    /usr/share/glance-sync /usr/share/man/man1 /usr/share/bash-completion \
-    -name '*glance-sync*' 2>/dev/null | sort | tr '\n' ' ')
-[ "$left" = "/etc/glance-sync /etc/glance-sync/config.toml /var/lib/glance-sync " ] ||
-    fail "after remove, left: $left"
-ok "remove: only the config and the state directory stay"
+left=$(named_glance_sync without-dpkg)
+[ "$left" = "/etc/glance-sync /var/lib/glance-sync " ] || fail "after remove, left: $left"
+[ -s /etc/glance-sync/config.toml ] && [ -s /var/lib/glance-sync/state.db ] ||
+    fail "remove lost the config or the state database"
+ok "remove: only the config and the state database stay"
 
 dpkg --purge glance-sync
 trap '"$H/glance.sh" stop pkg-glance >/dev/null 2>&1 || true' EXIT
-[ ! -e /etc/glance-sync ] && [ ! -e /var/lib/glance-sync ] || fail "purge left $(ls -d /etc/glance-sync /var/lib/glance-sync 2>/dev/null)"
+left=$(named_glance_sync all)
+[ -z "$left" ] || fail "after purge, left: $left"
 ! getent passwd glance-sync >/dev/null || fail "purge left the user"
+! getent group glance-sync >/dev/null || fail "purge left the group"
 ! dpkg-statoverride --list /etc/glance-sync/config.toml >/dev/null || fail "purge left the stat override"
-ok "purge: nothing stays"
+ok "purge: nothing stays (files, dpkg records, user, group, stat override)"
 printf '[package] %d checks passed\n' "$PASSED"
