@@ -26,20 +26,22 @@ impl Drop for KillOnDrop {
 /// A Pushgateway on a free loopback port, keeping nothing on disk.
 async fn start_pushgateway() -> (KillOnDrop, String) {
     let port = free_port();
-    let child = std::process::Command::new("prometheus-pushgateway")
-        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-        .arg("--persistence.file=")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("prometheus-pushgateway (Debian package; tests/run.sh installs it)");
+    let child = KillOnDrop(
+        std::process::Command::new("prometheus-pushgateway")
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--persistence.file=")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus-pushgateway (Debian package; tests/run.sh installs it)"),
+    );
     let url = format!("http://127.0.0.1:{port}");
     for _ in 0..100 {
         if reqwest::get(format!("{url}/-/ready"))
             .await
             .is_ok_and(|r| r.status().is_success())
         {
-            return (KillOnDrop(child), url);
+            return (child, url);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
