@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Local demo of glance-sync on a fresh machine: installs real OpenStack Glance 33 (Python venv, first
 # time ~1-2 min), starts two Glance clouds on loopback ("prod" on :19292, "dr" on :19293), uploads
-# sample images to prod, then shows `plan`, `run`, `status`, and a second `run` that has nothing to do.
-# The clouds are stopped at the end unless DEMO_KEEP=1 (then: tests/harness/glance.sh stop NAME PORT).
+# sample images to prod, then shows `plan`, `run`, `status`, a second `run` that has nothing to do,
+# and the daemon's status page (http://127.0.0.1:19420/, saved as target/demo/status.html).
+# The clouds and the daemon are stopped at the end unless DEMO_KEEP=1 (then: tests/harness/glance.sh
+# stop NAME PORT, and kill the daemon whose pid is in target/demo/daemon.pid).
 # Env: DEMO_IMAGE_MB (size of the largest sample image, default 256).
 set -euo pipefail
 
@@ -25,6 +27,7 @@ BIN=$REPO/target/release/glance-sync
 
 stop() {
   if [ "${DEMO_KEEP:-0}" != 1 ]; then
+    [ -f "$DEMO/daemon.pid" ] && kill "$(cat "$DEMO/daemon.pid")" 2>/dev/null || true
     "$H/glance.sh" stop demo-prod "$SRC_PORT" >/dev/null 2>&1 || true
     "$H/glance.sh" stop demo-dr "$DST_PORT" >/dev/null 2>&1 || true
   fi
@@ -91,3 +94,30 @@ import json, sys
 for i in json.load(sys.stdin)["images"]:
     print("  %-14s %-6s %10s  md5 %s  from %s/%s" % (i["name"], i["status"], i["size"], i["checksum"],
           i.get("glance_sync_source_cloud"), i.get("glance_sync_source_id")))'
+
+say "The daemon's status page"
+PAGE_PORT=19420
+cat >> "$DEMO/config.toml" <<EOF
+interval = "1h"
+
+[metrics]
+listen = "127.0.0.1:$PAGE_PORT"
+EOF
+"$BIN" --config "$DEMO/config.toml" daemon 2> "$DEMO/daemon.log" &
+echo $! > "$DEMO/daemon.pid"
+for _ in $(seq 100); do
+  curl -sf "http://127.0.0.1:$PAGE_PORT/readyz" >/dev/null && break
+  sleep 0.1
+done
+curl -sf "http://127.0.0.1:$PAGE_PORT/" > "$DEMO/status.html"
+curl -sf "http://127.0.0.1:$PAGE_PORT/api/v1/status" | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+for j in s["jobs"]:
+    print("  job %s (%s), next run %s" % (j["name"], j["schedule"], j["next_due"]))
+    for t in j["targets"]:
+        print("    %-6s in sync %d, failing %d, skipped %d" % (t["target"], t["in_sync"], t["failed"], t["skipped"]))'
+echo "  page: http://127.0.0.1:$PAGE_PORT/ (saved as $DEMO/status.html)"
+if [ "${DEMO_KEEP:-0}" = 1 ]; then
+  echo "  DEMO_KEEP=1: the daemon and the clouds keep running"
+fi

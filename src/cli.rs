@@ -351,6 +351,7 @@ async fn run(
     let cancel = interrupt.cancel.clone();
     let state = State::open(&config.state_path).map_err(usage)?;
     glance_sync::engine::warn_jobs_not_in_config(config, &state).map_err(failed)?;
+    glance_sync::engine::seed_metrics(config, &state, &metrics).map_err(failed)?;
     let mut all_ok = true;
     for job in &jobs {
         if cancel.is_cancelled() {
@@ -370,28 +371,35 @@ async fn run(
             }
         }
     }
-    if let Some(path) = outputs.textfile {
-        metrics
-            .write_textfile(path)
-            .with_context(|| format!("cannot write metrics textfile {}", path.display()))
-            .map_err(failed)?;
+    // Both outputs are attempted whatever became of the other. Alerts on these metrics go
+    // quiet when they are not delivered: a successful run says so by its exit code; a failed
+    // run's own exit code is never hidden behind this one.
+    if let Some(path) = outputs.textfile
+        && let Err(e) = metrics.write_textfile(path)
+    {
+        tracing::error!(
+            "cannot write the metrics textfile {}: {e}; node_exporter keeps showing the \
+             previous run's metrics",
+            path.display()
+        );
+        all_ok = false;
     }
     if let Some(url) = outputs.pushgateway {
-        let group = pushgateway::Group {
-            instance: pushgateway::hostname(),
-            selected_jobs: (!selected.is_empty()).then(|| {
-                let mut names: Vec<String> = jobs.iter().map(|j| j.name.clone()).collect();
-                names.sort();
-                names
-            }),
-        };
-        match pushgateway::push(url, &group, metrics.render()).await {
-            Ok(()) => tracing::info!(
-                "metrics pushed to the Pushgateway: {}",
-                pushgateway::redacted(&pushgateway::group_url(url, &group))
+        let selected: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
+        // The jobs this run did not run keep the groups their last run pushed.
+        let groups: Vec<_> = metrics
+            .render_by_sync_job()
+            .into_iter()
+            .filter(|(job, _)| job.as_deref().is_none_or(|j| selected.contains(&j)))
+            .collect();
+        let instance = pushgateway::hostname();
+        match pushgateway::push(url, &instance, groups).await {
+            Ok(n) => tracing::info!(
+                "metrics pushed to the Pushgateway {} (job=\"{}\", instance=\"{instance}\"; \
+                 {n} groups: one per replication job, one for the rest)",
+                pushgateway::redacted(url),
+                pushgateway::GROUP_JOB
             ),
-            // Alerts on pushed metrics go quiet when pushes fail: a successful run says so by
-            // its exit code; a failed run's own exit code is never hidden behind this one.
             Err(e) => {
                 tracing::error!("{e}");
                 all_ok = false;
@@ -675,15 +683,16 @@ fn adopt_renamed(
 }
 
 fn status(config: &Config, format: Format) -> Result<ExitCode, Failure> {
-    let Some(state) = State::open_read_only(&config.state_path).map_err(failed)? else {
+    let state = State::open_read_only(&config.state_path).map_err(failed)?;
+    if state.is_none() && format == Format::Table {
         println!(
             "no state database at {} yet: no run has happened",
             config.state_path.display()
         );
         return Ok(ExitCode::SUCCESS);
-    };
+    }
     let report =
-        glance_sync::status::gather(config, &state, &Default::default()).map_err(failed)?;
+        glance_sync::status::gather(config, state.as_ref(), &Default::default()).map_err(failed)?;
     let (runs, failing, new_ids) = (&report.runs, &report.failing, &report.copies_with_new_ids);
     for u in &report.unadopted {
         tracing::warn!(

@@ -24,7 +24,7 @@ use crate::http::Site;
 use crate::metrics::Metrics;
 use crate::progress::Progress;
 use crate::state::{State, StateError};
-use crate::status::JobClock;
+use crate::status::JobClocks;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -63,10 +63,12 @@ struct Shared {
     progress: Progress,
     /// Next due time and running state per job, for the status page.
     clocks: Clocks,
+    /// Generations started so far: the next one's number.
+    generations: std::sync::atomic::AtomicU64,
     site: Arc<Site>,
 }
 
-type Clocks = Arc<Mutex<HashMap<String, JobClock>>>;
+type Clocks = Arc<Mutex<JobClocks>>;
 
 /// The loops of one config.
 struct Generation {
@@ -80,9 +82,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     require_schedules(&config)?;
     let state = Arc::new(State::open(&config.state_path)?);
     let metrics = Metrics::new();
-    for job in &config.jobs {
-        metrics.set_image_counts(&job.name, &state.replica_counts(&job.name)?);
-    }
+    crate::engine::seed_metrics(&config, &state, &metrics)?;
     crate::engine::warn_jobs_not_in_config(&config, &state)?;
     // What the last runs saw, until the next run counts again.
     for u in state.unadopted()? {
@@ -139,6 +139,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         bandwidth,
         progress,
         clocks,
+        generations: Default::default(),
         site: site.clone(),
     };
     let http_stop = CancellationToken::new();
@@ -232,6 +233,7 @@ fn start_generation(config: Config, shared: &Shared) -> Result<Generation, Daemo
         shared.bandwidth.clone(),
     )?);
     let stop = CancellationToken::new();
+    let generation = shared.generations.fetch_add(1, Ordering::SeqCst);
     for job in &config.jobs {
         let lock = shared
             .locks
@@ -256,6 +258,7 @@ fn start_generation(config: Config, shared: &Shared) -> Result<Generation, Daemo
             ClockHand {
                 job: job.name.clone(),
                 clocks: shared.clocks.clone(),
+                generation,
                 stop: stop.clone(),
             },
         ));
@@ -283,7 +286,15 @@ fn reload(old: Generation, shared: &Shared) -> Generation {
     let fresh = fresh.and_then(|c| Ok((bearer_token(&c)?, c)));
     match fresh.and_then(|(token, c)| {
         let generation = start_generation_replacing(c, &old, shared)?;
-        *shared.site.token.lock().expect("not poisoned") = token;
+        let mut current = shared.site.token.lock().expect("not poisoned");
+        if current.is_some() && token.is_none() {
+            tracing::warn!(
+                "SIGHUP: [metrics] bearer_token_file is no longer set: the status page and \
+                 /metrics now answer without a token"
+            );
+        }
+        *current = token;
+        drop(current);
         *shared.site.config.lock().expect("not poisoned") = Arc::new(generation.config.clone());
         Ok(generation)
     }) {
@@ -318,19 +329,26 @@ fn start_generation_replacing(
 struct ClockHand {
     job: String,
     clocks: Clocks,
-    /// The loop's generation's: a replaced generation's loop may still be finishing a run, and
-    /// no longer speaks for the job.
+    /// The loop's config generation: a replaced generation's loop may still be finishing a run,
+    /// and no longer says when the job is due.
+    generation: u64,
+    /// Fired when the loop's generation is replaced or the daemon stops.
     stop: CancellationToken,
 }
 
 impl ClockHand {
-    fn set(&self, clock: JobClock) {
-        if !self.stop.is_cancelled() {
-            self.clocks
-                .lock()
-                .expect("not poisoned")
-                .insert(self.job.clone(), clock);
-        }
+    fn due(&self, due: Option<Timestamp>) {
+        self.clocks
+            .lock()
+            .expect("not poisoned")
+            .set_due(&self.job, self.generation, due);
+    }
+
+    fn running(&self, since: Option<Timestamp>) {
+        self.clocks
+            .lock()
+            .expect("not poisoned")
+            .set_running(&self.job, since);
     }
 }
 
@@ -351,12 +369,8 @@ async fn job_loop(
     } else {
         schedule.next_after(Timestamp::now())
     };
-    let set_clock = |c| clock.set(c);
     loop {
-        set_clock(JobClock {
-            next_due: Some(due),
-            running_since: None,
-        });
+        clock.due(Some(due));
         let wait = due
             .duration_since(Timestamp::now())
             .try_into()
@@ -376,10 +390,8 @@ async fn job_loop(
                     "running job {}",
                     job.name
                 ))]);
-                set_clock(JobClock {
-                    next_due: None,
-                    running_since: Some(Timestamp::now()),
-                });
+                clock.due(None);
+                clock.running(Some(Timestamp::now()));
                 let started = std::time::Instant::now();
                 match engine.run_job(&job, &state, &shutdown).await {
                     Ok(r) => tracing::info!(
@@ -393,6 +405,7 @@ async fn job_loop(
                     ),
                     Err(e) => tracing::error!(job = %job.name, "run failed: {e}"),
                 }
+                clock.running(None);
                 notify(&[sd_notify::NotifyState::Status(
                     "waiting for the next scheduled run",
                 )]);

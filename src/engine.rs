@@ -1458,6 +1458,29 @@ pub fn warn_jobs_not_in_config(config: &Config, state: &State) -> Result<(), Sta
     Ok(())
 }
 
+/// The metrics of earlier runs that the state database remembers, for a process that has not
+/// run the jobs yet: when each job last ran and last succeeded, and its replica counts. A daemon
+/// restart or a failed one-shot run then does not make a job look as if it never succeeded.
+pub fn seed_metrics(config: &Config, state: &State, metrics: &Metrics) -> Result<(), StateError> {
+    let seconds = |t: &Option<String>| {
+        t.as_deref()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .map(|t| t.as_millisecond() as f64 / 1000.0)
+    };
+    let times = state.run_times()?;
+    for job in &config.jobs {
+        metrics.set_image_counts(&job.name, &state.replica_counts(&job.name)?);
+        if let Some(t) = times.iter().find(|t| t.job == job.name) {
+            metrics.seed_run_times(
+                &job.name,
+                seconds(&t.last_finished),
+                seconds(&t.last_success),
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Copies this job made of images the tenant rule now leaves out: never deleted automatically
 /// (an operator decides), but never silent either.
 fn warn_copies_left_out(job: &Job, plan: &Plan) {

@@ -1,6 +1,8 @@
 //! The daemon's HTTP listener: `/metrics`, `/healthz`, `/readyz`, the status page (`/`,
 //! `/jobs/NAME`) and its JSON (`/api/v1/status`). With `[metrics] bearer_token_file`, every path
-//! but the two health checks needs `Authorization: Bearer <token>`.
+//! but the two health checks needs the token: `Authorization: Bearer <token>` (Prometheus,
+//! scripts), or as the password of HTTP basic authentication with any user name, which is what a
+//! browser can send (it asks for it when refused).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,7 +21,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::progress::Progress;
 use crate::state::{State, StateError};
-use crate::status::{self, JobClock, Live, Report};
+use crate::status::{self, JobClocks, Live, Report};
 use crate::status_page;
 
 /// What the listener reads. The config and token change on SIGHUP; the rest lives as long as the
@@ -32,7 +34,7 @@ pub struct Site {
     pub state: State,
     pub config: Mutex<Arc<Config>>,
     pub token: Mutex<Option<SecretString>>,
-    pub clocks: Arc<Mutex<std::collections::HashMap<String, JobClock>>>,
+    pub clocks: Arc<Mutex<JobClocks>>,
     pub progress: Progress,
 }
 
@@ -40,10 +42,10 @@ impl Site {
     fn report(&self) -> Result<(Arc<Config>, Report), StateError> {
         let config = self.config.lock().expect("not poisoned").clone();
         let live = Live {
-            clocks: self.clocks.lock().expect("not poisoned").clone(),
+            clocks: self.clocks.lock().expect("not poisoned").snapshot(),
             in_flight: self.progress.in_flight(),
         };
-        let report = status::gather(&config, &self.state, &live)?;
+        let report = status::gather(&config, Some(&self.state), &live)?;
         Ok((config, report))
     }
 }
@@ -79,24 +81,41 @@ async fn require_token(
     let allowed = match &*site.token.lock().expect("not poisoned") {
         None => true,
         Some(token) => presented_token(request.headers())
-            .is_some_and(|given| same_secret(given, token.expose_secret())),
+            .is_some_and(|given| same_secret(&given, token.expose_secret())),
     };
     if allowed {
         return next.run(request).await;
     }
     (
         StatusCode::UNAUTHORIZED,
-        [(header::WWW_AUTHENTICATE, "Bearer realm=\"glance-sync\"")],
-        "a bearer token is required ([metrics] bearer_token_file): send \
-         Authorization: Bearer <token>\n",
+        // Basic, so that a browser asks for the token; Bearer works without being asked.
+        [(
+            header::WWW_AUTHENTICATE,
+            "Basic realm=\"glance-sync\", charset=\"UTF-8\"",
+        )],
+        "the token of [metrics] bearer_token_file is required: send Authorization: Bearer \
+         <token>, or give it as the password (any user name) when the browser asks\n",
     )
         .into_response()
 }
 
-fn presented_token(headers: &HeaderMap) -> Option<&str> {
+/// The token of `Authorization: Bearer <token>`, or the password of `Basic <user:password>`.
+fn presented_token(headers: &HeaderMap) -> Option<String> {
+    use base64::Engine as _;
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    let (scheme, credentials) = value.split_once(' ')?;
+    let credentials = credentials.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(credentials.to_string());
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(credentials)
+            .ok()?;
+        let (_user, password) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
+        return Some(password.to_string());
+    }
+    None
 }
 
 /// Compares digests, so the time taken says nothing about how much of the token was right.
@@ -191,11 +210,19 @@ mod tests {
         let mut h = HeaderMap::new();
         assert_eq!(presented_token(&h), None);
         h.insert(header::AUTHORIZATION, "Bearer s3cret".parse().unwrap());
-        assert_eq!(presented_token(&h), Some("s3cret"));
+        assert_eq!(presented_token(&h).as_deref(), Some("s3cret"));
         assert!(same_secret("s3cret", "s3cret"));
         assert!(!same_secret("s3cre", "s3cret"));
         assert!(!same_secret("", "s3cret"));
+        // A browser's basic authentication: "anyone:s3cret".
+        h.insert(
+            header::AUTHORIZATION,
+            "Basic YW55b25lOnMzY3JldA==".parse().unwrap(),
+        );
+        assert_eq!(presented_token(&h).as_deref(), Some("s3cret"));
         h.insert(header::AUTHORIZATION, "Basic s3cret".parse().unwrap());
+        assert_eq!(presented_token(&h), None);
+        h.insert(header::AUTHORIZATION, "Digest s3cret".parse().unwrap());
         assert_eq!(presented_token(&h), None);
     }
 }

@@ -364,6 +364,55 @@ impl Metrics {
         }
     }
 
+    /// What the job's earlier runs left in the state database, until this process has run it:
+    /// so that a failed run, or a restart, does not hide when the job last succeeded (a pushed
+    /// group replaces the previous push whole).
+    pub fn seed_run_times(&self, job: &str, last_run: Option<f64>, last_success: Option<f64>) {
+        if let Some(t) = last_run {
+            self.last_run.with_label_values(&[job]).set(t);
+        }
+        if let Some(t) = last_success {
+            self.last_success.with_label_values(&[job]).set(t);
+        }
+    }
+
+    /// The exposition split by replication job: one text per `sync_job` value (`Some(name)`),
+    /// and one (`None`) for the series of no job in particular (API requests per cloud, process,
+    /// build, the process-wide bandwidth limit). What a Pushgateway gets, one group each.
+    pub fn render_by_sync_job(&self) -> Vec<(Option<String>, String)> {
+        use std::collections::BTreeMap;
+        let mut groups: BTreeMap<Option<String>, Vec<prometheus::proto::MetricFamily>> =
+            BTreeMap::new();
+        for mut family in self.registry.gather() {
+            let mut by_job: BTreeMap<Option<String>, Vec<prometheus::proto::Metric>> =
+                BTreeMap::new();
+            for metric in family.take_metric() {
+                let job = metric
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == "sync_job")
+                    .map(|l| l.value().to_string())
+                    .filter(|j| !j.is_empty());
+                by_job.entry(job).or_default().push(metric);
+            }
+            for (job, metrics) in by_job {
+                let mut part = family.clone();
+                part.set_metric(metrics);
+                groups.entry(job).or_default().push(part);
+            }
+        }
+        groups
+            .into_iter()
+            .map(|(job, families)| {
+                let mut buf = Vec::new();
+                TextEncoder::new()
+                    .encode(&families, &mut buf)
+                    .expect("text encoding never fails");
+                (job, String::from_utf8(buf).expect("exposition is UTF-8"))
+            })
+            .collect()
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
@@ -381,5 +430,39 @@ impl Metrics {
         let tmp = path.with_file_name(tmp_name);
         std::fs::write(&tmp, self.render())?;
         std::fs::rename(&tmp, path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_replication_job_gets_its_own_part_of_the_exposition_and_the_rest_one_more() {
+        let m = Metrics::new();
+        m.set_unadopted("alpha", "dr", 2);
+        m.record_skipped_run("beta");
+        m.set_bandwidth_limit("", Some(1000));
+        m.register_cloud("dr");
+        let parts = m.render_by_sync_job();
+        let keys: Vec<Option<&str>> = parts.iter().map(|(j, _)| j.as_deref()).collect();
+        assert_eq!(keys, [None, Some("alpha"), Some("beta")]);
+        let text = |k: Option<&str>| &parts.iter().find(|(j, _)| j.as_deref() == k).unwrap().1;
+        assert!(text(Some("alpha")).contains("glance_sync_unadopted_images{sync_job=\"alpha\""));
+        assert!(!text(Some("alpha")).contains("beta"));
+        assert!(text(Some("beta")).contains("glance_sync_runs_skipped_total{sync_job=\"beta\"} 1"));
+        let rest = text(None);
+        assert!(rest.contains("glance_sync_build_info"), "{rest}");
+        assert!(
+            rest.contains("glance_sync_api_requests_total{cloud=\"dr\""),
+            "{rest}"
+        );
+        assert!(
+            rest.contains("sync_job=\"\""),
+            "the process-wide limit: {rest}"
+        );
+        assert!(!rest.contains("alpha") && !rest.contains("beta"), "{rest}");
+        // Every part is a valid exposition with its HELP and TYPE.
+        assert!(text(Some("beta")).contains("# TYPE glance_sync_runs_skipped_total counter"));
     }
 }

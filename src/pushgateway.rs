@@ -1,17 +1,17 @@
 //! Pushing a one-shot run's metrics to a Prometheus Pushgateway, so cron and systemd-timer runs
 //! alert like the daemon does.
 //!
-//! The group is `job="glance-sync"`, `instance=<this host>`, replaced whole by a PUT: the last
-//! run's metrics stand until the next run, and series of replication jobs a later config dropped
-//! disappear with it. Every series carries its replication job as `sync_job`, so several jobs of
-//! one config arrive side by side in one group.
-//!
-//! A run of only some jobs (`run --job a --job b`) pushes to its own group, with the extra key
-//! `sync_jobs="a,b"`: timers that run different jobs of one host must not replace each other's
-//! last success.
+//! Every group has the grouping key `job="glance-sync"`, `instance=<this host>`: one group per
+//! replication job, keyed also by its `sync_job` (the same value its series carry), and one for
+//! the series of no job in particular (API requests per cloud, process, build). Each is replaced
+//! whole by a PUT. A run of some jobs only (`run --job a`) replaces only their groups and leaves
+//! the other jobs' last push standing, so timers running different jobs of one host never
+//! replace each other's last success. A job removed from the config keeps its last group until
+//! it is deleted from the Pushgateway (its web page, or `curl -X DELETE <group URL>`).
 
 use std::time::Duration;
 
+use base64::Engine as _;
 use url::Url;
 
 /// The Pushgateway's `job` grouping key: the same value Prometheus' scrape job of the daemon has
@@ -37,35 +37,51 @@ pub enum PushError {
     },
 }
 
-/// Which metrics group a run replaces.
+/// One group of a run's metrics.
 #[derive(Debug, Clone)]
 pub struct Group {
     pub instance: String,
-    /// The jobs a `--job` run selected, sorted; `None` for a run of every job.
-    pub selected_jobs: Option<Vec<String>>,
+    /// The replication job whose series the group holds; `None` for the series of no job.
+    pub sync_job: Option<String>,
 }
 
 /// Where `group` lives under the Pushgateway's base URL.
 pub fn group_url(base: &Url, group: &Group) -> Url {
-    let instance = group.instance.as_str();
     let mut url = base.clone();
     {
         let mut path = url
             .path_segments_mut()
             .expect("the config accepts only http(s) URLs, which have a path");
         path.pop_if_empty().extend(["metrics", "job", GROUP_JOB]);
-        // An empty label value needs the Pushgateway's base64 form (`=` is the empty string); a
-        // `/` would split the path even percent-encoded, and no real hostname has one.
-        if instance.is_empty() {
-            path.extend(["instance@base64", "="]);
-        } else {
-            path.extend(["instance", &instance.replace('/', "_")]);
-        }
-        if let Some(jobs) = &group.selected_jobs {
-            path.extend(["sync_jobs", &jobs.join(",").replace('/', "_")]);
+        push_label(&mut path, "instance", &group.instance);
+        if let Some(job) = &group.sync_job {
+            push_label(&mut path, "sync_job", job);
         }
     }
     url
+}
+
+/// A label of the grouping key as the Pushgateway reads it: plain when that is unambiguous, else
+/// in its base64 form (an empty value, `/`, `.` or `..`, anything beyond plain characters).
+fn push_label(path: &mut url::PathSegmentsMut<'_>, name: &str, value: &str) {
+    let plain = !value.is_empty()
+        && value != "."
+        && value != ".."
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | ':'));
+    if plain {
+        path.extend([name, value]);
+    } else {
+        let encoded = base64::engine::general_purpose::URL_SAFE.encode(value);
+        // The Pushgateway's spelling of the empty value.
+        let encoded = if encoded.is_empty() {
+            "=".into()
+        } else {
+            encoded
+        };
+        path.extend([&format!("{name}@base64"), &encoded]);
+    }
 }
 
 /// This host's name, the `instance` of the group.
@@ -78,17 +94,45 @@ pub fn hostname() -> String {
         .unwrap_or_default()
 }
 
-/// Replaces this host's group with `exposition` (Prometheus text format).
-pub async fn push(base: &Url, group: &Group, exposition: String) -> Result<(), PushError> {
-    let url = group_url(base, group);
-    let unreachable = |source| PushError::Unreachable {
-        url: redacted(&url),
-        source,
-    };
+/// Replaces each of `groups` (its `sync_job`, or none, and its exposition) on the Pushgateway,
+/// every one even when an earlier one failed; the first failure is returned.
+pub async fn push(
+    base: &Url,
+    instance: &str,
+    groups: Vec<(Option<String>, String)>,
+) -> Result<usize, PushError> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
-        .map_err(unreachable)?;
+        .map_err(|source| PushError::Unreachable {
+            url: redacted(base),
+            source,
+        })?;
+    let mut first_error = None;
+    let mut pushed = 0;
+    for (sync_job, exposition) in groups {
+        let group = Group {
+            instance: instance.to_string(),
+            sync_job,
+        };
+        match put(&client, &group_url(base, &group), exposition).await {
+            Ok(()) => pushed += 1,
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(pushed),
+    }
+}
+
+async fn put(client: &reqwest::Client, url: &Url, exposition: String) -> Result<(), PushError> {
+    let unreachable = |source| PushError::Unreachable {
+        url: redacted(url),
+        source,
+    };
     let response = client
         .put(url.clone())
         .header(
@@ -105,7 +149,7 @@ pub async fn push(base: &Url, group: &Group, exposition: String) -> Result<(), P
     }
     let body = response.text().await.unwrap_or_default();
     Err(PushError::Refused {
-        url: redacted(&url),
+        url: redacted(url),
         status,
         body: body.trim().chars().take(500).collect(),
     })
@@ -124,57 +168,53 @@ pub fn redacted(url: &Url) -> Url {
 mod tests {
     use super::*;
 
-    fn host(name: &str) -> Group {
+    fn group(instance: &str, sync_job: Option<&str>) -> Group {
         Group {
-            instance: name.into(),
-            selected_jobs: None,
+            instance: instance.into(),
+            sync_job: sync_job.map(str::to_string),
         }
     }
 
     #[test]
-    fn the_group_is_job_glance_sync_and_this_instance_under_any_base_path() {
+    fn the_group_is_job_glance_sync_this_instance_and_the_sync_job_under_any_base_path() {
         let base = Url::parse("http://pg:9091").unwrap();
         assert_eq!(
-            group_url(&base, &host("node-1")).as_str(),
+            group_url(&base, &group("node-1", None)).as_str(),
             "http://pg:9091/metrics/job/glance-sync/instance/node-1"
+        );
+        assert_eq!(
+            group_url(&base, &group("node-1", Some("nightly"))).as_str(),
+            "http://pg:9091/metrics/job/glance-sync/instance/node-1/sync_job/nightly"
         );
         let behind_proxy = Url::parse("https://proxy/pushgateway/").unwrap();
         assert_eq!(
-            group_url(&behind_proxy, &host("node-1")).as_str(),
+            group_url(&behind_proxy, &group("node-1", None)).as_str(),
             "https://proxy/pushgateway/metrics/job/glance-sync/instance/node-1"
         );
     }
 
     #[test]
-    fn an_empty_or_odd_hostname_still_makes_a_valid_group() {
+    fn odd_label_values_use_the_pushgateways_base64_form() {
         let base = Url::parse("http://pg:9091").unwrap();
         assert_eq!(
-            group_url(&base, &host("")).as_str(),
+            group_url(&base, &group("", None)).as_str(),
             "http://pg:9091/metrics/job/glance-sync/instance@base64/="
         );
+        // "a/b" and "..": as they are, they would change the path.
         assert_eq!(
-            group_url(&base, &host("a/b c")).as_str(),
-            "http://pg:9091/metrics/job/glance-sync/instance/a_b%20c"
+            group_url(&base, &group("h", Some("a/b"))).as_str(),
+            "http://pg:9091/metrics/job/glance-sync/instance/h/sync_job@base64/YS9i"
         );
-    }
-
-    #[test]
-    fn a_run_of_some_jobs_has_a_group_of_its_own() {
-        let base = Url::parse("http://pg:9091").unwrap();
-        let group = Group {
-            instance: "h".into(),
-            selected_jobs: Some(vec!["a".into(), "b".into()]),
-        };
         assert_eq!(
-            group_url(&base, &group).as_str(),
-            "http://pg:9091/metrics/job/glance-sync/instance/h/sync_jobs/a,b"
+            group_url(&base, &group("h", Some(".."))).as_str(),
+            "http://pg:9091/metrics/job/glance-sync/instance/h/sync_job@base64/Li4="
         );
     }
 
     #[test]
     fn a_password_in_the_url_never_reaches_an_error_message() {
         let url = Url::parse("http://user:s3cret@pg:9091/").unwrap();
-        let shown = redacted(&group_url(&url, &host("h"))).to_string();
+        let shown = redacted(&group_url(&url, &group("h", None))).to_string();
         assert!(!shown.contains("s3cret"), "{shown}");
     }
 }

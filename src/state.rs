@@ -90,6 +90,14 @@ pub struct RunRecord {
     pub error: Option<String>,
 }
 
+/// When a job's runs last finished, and last succeeded.
+#[derive(Debug, Clone)]
+pub struct RunTimes {
+    pub job: String,
+    pub last_finished: Option<String>,
+    pub last_success: Option<String>,
+}
+
 /// Another job's copy of a source image that this job was about to copy too.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TakenBy {
@@ -119,8 +127,7 @@ pub struct FailingImage {
     pub attempts: u64,
     pub last_error: Option<String>,
     pub updated_at: String,
-    /// The failure began after this: the last time the copy was in sync, or when the image was
-    /// first seen if it never was.
+    /// When this streak of failures began (attempts since then, retries included).
     pub failing_since: String,
 }
 
@@ -744,6 +751,28 @@ impl State {
         )
     }
 
+    /// Per job, when its newest finished run and its newest successful run finished.
+    pub fn run_times(&self) -> Result<Vec<RunTimes>, StateError> {
+        self.with(|c| {
+            let mut q = c.prepare(
+                "SELECT j.job,
+                    (SELECT finished_at FROM runs WHERE id = (SELECT MAX(id) FROM runs
+                        WHERE job = j.job AND finished_at IS NOT NULL)),
+                    (SELECT finished_at FROM runs WHERE id = (SELECT MAX(id) FROM runs
+                        WHERE job = j.job AND result = 'success'))
+                 FROM (SELECT DISTINCT job FROM runs) j ORDER BY j.job",
+            )?;
+            q.query_map([], |r| {
+                Ok(RunTimes {
+                    job: r.get(0)?,
+                    last_finished: r.get(1)?,
+                    last_success: r.get(2)?,
+                })
+            })?
+            .collect()
+        })
+    }
+
     /// The newest `limit` runs of `job`, newest first.
     pub fn job_runs(&self, job: &str, limit: u32) -> Result<Vec<RunRecord>, StateError> {
         self.runs_where("job = ?1 ORDER BY id DESC LIMIT ?2", params![job, limit])
@@ -785,7 +814,7 @@ impl State {
         self.with(|c| {
             let mut q = c.prepare(
                 "SELECT job, source_cloud, source_id, name, target_cloud, attempts, last_error,
-                        updated_at, COALESCE(synced_at, first_seen_at)
+                        updated_at, COALESCE(failing_since, updated_at)
                  FROM replicas WHERE state = 'failed' ORDER BY job, name, target_cloud",
             )?;
             q.query_map([], |r| {
@@ -967,9 +996,9 @@ fn upsert_outcome(
     c.prepare_cached(
         "INSERT INTO replicas (source_cloud, source_id, target_cloud, job, name, identity,
                     target_id, foreign_image, state, bytes, attempts, last_error, first_seen_at,
-                    updated_at, synced_at)
+                    updated_at, synced_at, failing_since)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 0, ?11, ?12, ?12,
-                    CASE WHEN ?9 = 'in_sync' THEN ?12 END)
+                    CASE WHEN ?9 = 'in_sync' THEN ?12 END, CASE WHEN ?9 = 'failed' THEN ?12 END)
                  ON CONFLICT (source_cloud, source_id, target_cloud) DO UPDATE SET
                     job = excluded.job, name = excluded.name, identity = excluded.identity,
                     target_id = COALESCE(excluded.target_id, replicas.target_id),
@@ -979,7 +1008,9 @@ fn upsert_outcome(
                     bytes = CASE WHEN excluded.bytes > 0 THEN excluded.bytes ELSE replicas.bytes END,
                     attempts = CASE WHEN excluded.state = 'failed' THEN replicas.attempts ELSE 0 END,
                     last_error = excluded.last_error, updated_at = excluded.updated_at,
-                    synced_at = COALESCE(excluded.synced_at, replicas.synced_at)
+                    synced_at = COALESCE(excluded.synced_at, replicas.synced_at),
+                    failing_since = CASE WHEN excluded.state = 'failed'
+                        THEN COALESCE(replicas.failing_since, excluded.updated_at) END
                  -- An unchanged outcome writes nothing: a no-op run over thousands of images in
                  -- sync must not cost one fsync per image (synchronous = FULL).
                  WHERE replicas.state IS NOT excluded.state
@@ -1102,6 +1133,63 @@ mod tests {
         let failing = st.failing_images().unwrap();
         assert_eq!(failing.len(), 1);
         assert_eq!(failing[0].last_error.as_deref(), Some("boom"));
+        let t = |s: &str| s.parse::<Timestamp>().unwrap();
+        assert!(
+            t(&failing[0].failing_since) < t(&failing[0].updated_at),
+            "{failing:?}"
+        );
+    }
+
+    #[test]
+    fn failing_since_is_when_the_streak_began_and_a_success_ends_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = State::open(&dir.path().join("s.db")).unwrap();
+        let src = image("s1", "ubuntu", "m1");
+        let run = st.begin_run("j").unwrap();
+        let fail = |id| {
+            st.record_copy_started("j", run, 0, "prod", &src, "dr", id)
+                .unwrap();
+            st.record_outcome(
+                "j",
+                "prod",
+                &src,
+                "dr",
+                Outcome::Failed {
+                    target_id: Some(id),
+                    error: "boom",
+                },
+            )
+            .unwrap();
+            st.failing_images().unwrap()[0].clone()
+        };
+        let t = |s: &str| s.parse::<Timestamp>().unwrap();
+        let first = fail("a");
+        assert_eq!(first.failing_since, first.updated_at);
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let again = fail("b");
+        assert_eq!(
+            again.failing_since, first.failing_since,
+            "a retry keeps the start"
+        );
+        assert!(t(&again.updated_at) > t(&first.updated_at));
+        st.record_outcome(
+            "j",
+            "prod",
+            &src,
+            "dr",
+            Outcome::InSync {
+                target_id: "b",
+                foreign: false,
+                bytes: 1,
+            },
+        )
+        .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let later = fail("c");
+        assert!(
+            t(&later.failing_since) > t(&again.updated_at),
+            "a new streak: {later:?}"
+        );
     }
 
     #[test]

@@ -108,12 +108,12 @@ pub fn index(report: &Report, runs_of: impl Fn(&str) -> Vec<RunRecord>) -> Strin
                     } }
                     tbody { @for f in &report.failing { tr.failing-image {
                         td data-label="Job" { a href=(job_href(&f.job)) { (f.job) } }
-                        td data-label="Image" { span.name { (f.name.as_deref().unwrap_or("(no name)")) } br;
+                        td data-label="Image" { span.name { (shown(f.name.as_deref().unwrap_or("(no name)"))) } br;
                              code { (f.source_id) } }
                         td data-label="Target" { (f.target) }
                         td.num data-label="Attempts" { (f.attempts) }
                         td.t data-label="Failing since" { (when(&f.failing_since)) }
-                        td.error data-label="Last error" { (f.last_error.as_deref().unwrap_or("")) }
+                        td.error data-label="Last error" { (shown(f.last_error.as_deref().unwrap_or(""))) }
                     } } }
                 } }
             }
@@ -200,7 +200,7 @@ fn in_flight_table(transfers: &[InFlight]) -> Markup {
                 } }
                 tbody { @for t in transfers { tr.transfer {
                     td data-label="Job" { (t.job) }
-                    td data-label="Image" { span.name { (t.image) } br; code { (t.source_id) } }
+                    td data-label="Image" { span.name { (shown(&t.image)) } br; code { (t.source_id) } }
                     td data-label="To" { (t.targets.join(", ")) }
                     @match t.method {
                         crate::transfer::CopyMethod::Stream => {
@@ -270,7 +270,7 @@ fn runs_table(runs: &[RunRecord]) -> Markup {
                 tbody { @for r in runs { tr.run {
                     td.t { (when(&r.started_at)) }
                     td.num { (took(r)) }
-                    td.(result_class(&r.result)) title=(r.error.as_deref().unwrap_or("")) {
+                    td.(result_class(&r.result)) title=(shown(r.error.as_deref().unwrap_or(""))) {
                         (r.result)
                     }
                     td.num { (r.images_copied) }
@@ -300,12 +300,18 @@ fn other_findings(report: &Report) -> Markup {
                 p.muted { "preserve_ids is on, but these copies carry another id than their \
                     source image." }
                 div.scroll { table { tbody { @for c in &report.copies_with_new_ids { tr {
-                    td { (c.job) } td.name { (c.name.as_deref().unwrap_or("")) }
+                    td { (c.job) } td.name { (shown(c.name.as_deref().unwrap_or(""))) }
                     td { (c.target) } td { code { (c.source_id) } } td { code { (c.target_id) } }
                 } } } } }
             }
         }
     }
+}
+
+/// Image-provided text as people should see it: control and bidi characters made visible
+/// (`\u{202e}`), so a name cannot disguise itself; maud then escapes it for HTML.
+fn shown(text: &str) -> String {
+    crate::terminal::escape(text)
 }
 
 fn count(n: usize, one: &str, many: &str) -> String {
@@ -409,6 +415,16 @@ mod tests {
             "{html}"
         );
         assert!(html.contains("&lt;img src=x onerror=alert(2)&gt; &amp; &quot;quoted&quot;"));
+    }
+
+    #[test]
+    fn control_and_bidi_characters_in_names_are_made_visible() {
+        let html = index(&report("evil\u{202e}gpj.exe", "bell\u{7}"), |_| vec![]);
+        assert!(
+            !html.contains('\u{202e}') && !html.contains('\u{7}'),
+            "{html}"
+        );
+        assert!(html.contains("evil\\u{202e}gpj.exe"), "{html}");
     }
 
     #[test]

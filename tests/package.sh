@@ -20,8 +20,15 @@ fail() { printf '[package] FAILED: %s\n' "$*" >&2; exit 1; }
 command -v cargo-deb >/dev/null || fail "cargo-deb missing (tests/run.sh installs it)"
 command -v lintian >/dev/null || fail "lintian missing (tests/run.sh installs it)"
 
-# Leftovers of an interrupted earlier run.
-dpkg -s glance-sync >/dev/null 2>&1 && dpkg --purge glance-sync >/dev/null
+# This script installs, then purges, the package: on a host where glance-sync is installed for
+# real, a purge would delete its state database (the ledger of its copies). Only a package this
+# script installed (an interrupted earlier run, marked below) is purged; any other stops it.
+MARK=/var/lib/glance-sync/.installed-by-tests-package-sh
+if dpkg -s glance-sync >/dev/null 2>&1; then
+    [ -e "$MARK" ] || fail "glance-sync is installed on this host and this script did not install
+    it: run tests/package.sh on a test machine or in a container, never where glance-sync runs"
+    dpkg --purge glance-sync >/dev/null
+fi
 
 cargo build --release --locked --bin glance-sync
 ASSETS=target/debian-assets
@@ -40,6 +47,7 @@ lintian --fail-on error,warning --display-info "$DEB" | tee target/debian/lintia
 ok "lintian: no error or warning"
 
 dpkg -i "$DEB"
+touch "$MARK"
 trap 'dpkg --purge glance-sync >/dev/null 2>&1 || true; "$H/glance.sh" stop pkg-glance >/dev/null 2>&1 || true' EXIT
 version=$(glance-sync --version)
 [ "$version" = "glance-sync $(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)" ] ||
@@ -77,10 +85,16 @@ systemd-analyze verify /lib/systemd/system/glance-sync.service \
     /lib/systemd/system/glance-sync-run.service /lib/systemd/system/glance-sync-run.timer \
     2> target/debian/verify.log || { cat target/debian/verify.log; fail "systemd-analyze verify"; }
 [ ! -s target/debian/verify.log ] || { cat target/debian/verify.log; fail "systemd-analyze verify warned"; }
-systemd-analyze cat-config systemd/system/glance-sync.service 2>/dev/null |
-    grep -q '^User=glance-sync' || grep -q '^User=glance-sync' \
-    /lib/systemd/system/glance-sync.service.d/debian.conf || fail "drop-in missing"
-ok "systemd-analyze verify: installed units clean"
+for unit in glance-sync glance-sync-run; do
+    grep -qx 'User=glance-sync' "/lib/systemd/system/$unit.service.d/debian.conf" &&
+        grep -qx 'ExecStart=/usr/bin/glance-sync --config /etc/glance-sync/config.toml .*' \
+            "/lib/systemd/system/$unit.service.d/debian.conf" || fail "$unit's drop-in"
+done
+ok "systemd-analyze verify: installed units clean; drop-ins run /usr/bin/glance-sync as glance-sync"
+
+# An administrator enables the timer; a purge must not leave the link behind.
+systemctl enable glance-sync-run.timer 2>&1 | grep -v '^Created symlink' || true
+[ -L /etc/systemd/system/timers.target.wants/glance-sync-run.timer ] || fail "enable"
 
 # As an operator would: the installed config edited to name a real Glance (ownership and mode
 # kept), then the service user checks it and runs one pass.
@@ -132,10 +146,16 @@ named_glance_sync() {
 
 dpkg -r glance-sync
 left=$(named_glance_sync without-dpkg)
-[ "$left" = "/etc/glance-sync /var/lib/glance-sync " ] || fail "after remove, left: $left"
+# Besides the config and the state: the administrator's enablement, and deb-systemd-helper's
+# record of it (what lets the purge below remove it).
+expected=$( (printf '%s\n' /etc/glance-sync /var/lib/glance-sync \
+    /etc/systemd/system/timers.target.wants/glance-sync-run.timer
+    find /var/lib/systemd/deb-systemd-helper-enabled -name '*glance-sync*' 2>/dev/null) |
+    sort | tr '\n' ' ')
+[ "$left" = "$expected" ] || fail "after remove, left: $left (expected $expected)"
 [ -s /etc/glance-sync/config.toml ] && [ -s /var/lib/glance-sync/state.db ] ||
     fail "remove lost the config or the state database"
-ok "remove: only the config and the state database stay"
+ok "remove: only the config, the state database and the administrator's enablement stay"
 
 dpkg --purge glance-sync
 trap '"$H/glance.sh" stop pkg-glance >/dev/null 2>&1 || true' EXIT
@@ -144,5 +164,5 @@ left=$(named_glance_sync all)
 ! getent passwd glance-sync >/dev/null || fail "purge left the user"
 ! getent group glance-sync >/dev/null || fail "purge left the group"
 ! dpkg-statoverride --list /etc/glance-sync/config.toml >/dev/null || fail "purge left the stat override"
-ok "purge: nothing stays (files, dpkg records, user, group, stat override)"
+ok "purge: nothing stays (files, enablement, dpkg records, user, group, stat override)"
 printf '[package] %d checks passed\n' "$PASSED"

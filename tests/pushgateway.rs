@@ -135,31 +135,31 @@ async fn a_one_shot_run_pushes_every_sync_job_and_prometheus_reads_them_with_the
         );
     }
 
-    // A run of one job replaces only its own group: the full run's series stay.
+    // The series of no job in particular have a group of their own.
+    let rest = [("job", "glance-sync"), ("instance", host.as_str())];
+    assert_eq!(
+        metric_value(&text, "glance_sync_build_info", &rest),
+        Some(1.0),
+        "{text}"
+    );
+
+    // A run of one job replaces only that job's group: the other job's last push stays.
+    let last_run = |text: &str, job: &str| {
+        metric_value(
+            text,
+            "glance_sync_last_run_timestamp_seconds",
+            &[("sync_job", job)],
+        )
+        .unwrap()
+    };
+    let (alpha_before, beta_before) = (last_run(&text, "alpha"), last_run(&text, "beta"));
+    tokio::time::sleep(Duration::from_millis(20)).await;
     glance_sync(&cfg, &["run", "--job", "beta"])
         .await
         .assert_code(0);
     let text = pushed(&pg_url).await;
-    let full_run = [
-        ("job", "glance-sync"),
-        ("sync_job", "alpha"),
-        ("result", "success"),
-    ];
-    assert_eq!(
-        metric_value(&text, "glance_sync_runs_total", &full_run),
-        Some(1.0),
-        "{text}"
-    );
-    let beta_alone = [
-        ("sync_jobs", "beta"),
-        ("sync_job", "beta"),
-        ("result", "success"),
-    ];
-    assert_eq!(
-        metric_value(&text, "glance_sync_runs_total", &beta_alone),
-        Some(1.0),
-        "{text}"
-    );
+    assert_eq!(last_run(&text, "alpha"), alpha_before, "{text}");
+    assert!(last_run(&text, "beta") > beta_before, "{text}");
 
     // The shipped scrape config, pointed at this Pushgateway, keeps the grouping key as the
     // series' job and instance.
@@ -192,7 +192,7 @@ async fn a_one_shot_run_pushes_every_sync_job_and_prometheus_reads_them_with_the
             .expect("prometheus (Debian package prometheus; tests/run.sh installs it)"),
     );
     let query = format!(
-        "http://127.0.0.1:{prom_port}/api/v1/query?query=glance_sync_runs_total{{result=\"success\",sync_jobs=\"\"}}"
+        "http://127.0.0.1:{prom_port}/api/v1/query?query=glance_sync_runs_total{{result=\"success\"}}"
     );
     let mut series = Vec::new();
     for _ in 0..600 {
@@ -297,5 +297,49 @@ async fn a_pushgateway_that_refuses_the_push_is_reported_with_its_answer() {
         run.stderr.contains("refused the metrics: HTTP 400"),
         "{}",
         run.stderr
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_run_pushes_when_its_job_last_succeeded_so_staleness_alerts_can_fire() {
+    let source = FakeGlance::start().await;
+    source.add_image(ImageSpec::new(
+        "alpha-img",
+        ImageData::Bytes(vec![5u8; 100].into()),
+    ));
+    let target = FakeGlance::start().await;
+    let (_pg, pg_url) = start_pushgateway().await;
+    let dir = tempfile::tempdir().unwrap();
+    let push = format!("[metrics]\npushgateway = \"{pg_url}\"\n");
+    let cfg = two_jobs(dir.path(), &source.url, &target.url, &push);
+    glance_sync(&cfg, &["run", "--job", "alpha"])
+        .await
+        .assert_code(0);
+    let alpha = [("sync_job", "alpha")];
+    let text = pushed(&pg_url).await;
+    let succeeded = metric_value(&text, "glance_sync_last_success_timestamp_seconds", &alpha)
+        .expect("a success pushed");
+
+    // The target goes away: the next run fails, and its push still says when alpha last
+    // succeeded (from the state database), not nothing.
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let broken = two_jobs(dir.path(), &source.url, &nowhere, &push);
+    glance_sync(&broken, &["run", "--job", "alpha"])
+        .await
+        .assert_code(1);
+    let text = pushed(&pg_url).await;
+    let seeded = metric_value(&text, "glance_sync_last_success_timestamp_seconds", &alpha)
+        .expect("the last success, seeded from the state database");
+    assert!((seeded - succeeded).abs() < 2.0, "{seeded} != {succeeded}");
+    let failed_run = metric_value(&text, "glance_sync_last_run_timestamp_seconds", &alpha).unwrap();
+    assert!(failed_run > seeded, "{text}");
+    assert_eq!(
+        metric_value(
+            &text,
+            "glance_sync_runs_total",
+            &[("sync_job", "alpha"), ("result", "failure")]
+        ),
+        Some(1.0),
+        "{text}"
     );
 }

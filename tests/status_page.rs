@@ -67,7 +67,7 @@ async fn a_real_browser_shows_the_job_a_running_copy_and_a_failing_hostile_name_
     let big = source
         .create_with_data(
             image_body("ubuntu-24.04", "raw", json!({})),
-            random_bytes(48 << 20, 1),
+            random_bytes(64 << 20, 1),
         )
         .await;
     source
@@ -85,7 +85,7 @@ async fn a_real_browser_shows_the_job_a_running_copy_and_a_failing_hostile_name_
             "[state]\npath = \"{}\"\n\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n\
              [transfer]\nmax_parallel_images = 2\n\n{}\
              [[jobs]]\nname = \"nightly\"\nsource = \"prod\"\ntargets = [\"dr\", \"capped\"]\n\
-             interval = \"1h\"\nrun_on_start = true\nmax_bandwidth = \"2MB/s\"\n",
+             interval = \"1h\"\nrun_on_start = true\nmax_bandwidth = \"1MB/s\"\n",
             dir.path().join("state.db").display(),
             clouds_toml(
                 &[
@@ -242,6 +242,23 @@ async fn a_bearer_token_guards_every_page_but_the_health_checks_and_follows_a_re
         }
         async move { req.send().await.unwrap().status().as_u16() }
     };
+    // What a browser does: asked for basic authentication, it sends the token as the password.
+    let refused = client
+        .get(format!("{}/", d.metrics_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.headers()["www-authenticate"],
+        "Basic realm=\"glance-sync\", charset=\"UTF-8\""
+    );
+    let as_browser = client
+        .get(format!("{}/", d.metrics_url))
+        .basic_auth("anyone", Some("first-token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(as_browser.status(), 200);
     for path in ["/", "/jobs/job", "/api/v1/status", "/metrics"] {
         assert_eq!(status(path, None).await, 401, "{path}");
         assert_eq!(status(path, Some("wrong")).await, 401, "{path}");
