@@ -412,6 +412,16 @@ async fn task_failure(t: &CopyTarget, locked: bool) -> Option<PullFailure> {
     if task.status != "failure" {
         return None;
     }
+    // Glance reverts an early failure by putting the image back to `queued`, then dropping the
+    // lock, and only then marks the task failed: the image read before the task may show
+    // `queued` with the lock still held. Read again now that the task has failed.
+    let locked = locked && {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        match t.client.get_image(id).await {
+            Ok(copy) => copy.property(IMPORT_LOCK).is_some(),
+            Err(_) => locked,
+        }
+    };
     let said = format!(
         "Glance's task {} says \"{}\"; the cause is in cloud '{cloud}''s glance-api log (search \
          for the task id)",
