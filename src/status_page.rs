@@ -36,6 +36,7 @@ header { display: flex; flex-wrap: wrap; gap: .3rem 1.2rem; align-items: baselin
 .summary { display: flex; flex-wrap: wrap; gap: .6rem; margin: .8rem 0; }
 .pill { border: 1px solid var(--line); border-radius: 1rem; padding: .15rem .8rem; font-weight: 600; }
 .ok { color: var(--ok); } .warn { color: var(--warn); } .bad { color: var(--bad); }
+.idle { color: var(--muted); }
 .jobs { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, 32rem), 1fr)); gap: 1rem; }
 .job { background: var(--card); border: 1px solid var(--line); border-radius: .5rem; padding: .8rem; }
 .scroll { overflow-x: auto; }
@@ -46,7 +47,8 @@ td.error { word-break: break-word; max-width: 50rem; } td.t { white-space: nowra
 .name { overflow-wrap: anywhere; font-weight: 600; } code { font-size: .8rem; overflow-wrap: anywhere; }
 progress { width: 100%; min-width: 6rem; height: 1rem; }
 a { color: inherit; }
-@media (min-width: 1800px) { body { font-size: 18px; } }
+/* Wall screens: read from across the room. */
+@media (min-width: 1800px) { body { font-size: 20px; max-width: none; padding: 1.5rem 3rem; } }
 /* Phones: the wide tables become one block per row, each cell labelled. */
 @media (max-width: 45rem) {
   table.stack thead { display: none; }
@@ -86,7 +88,7 @@ pub fn index(report: &Report, runs_of: impl Fn(&str) -> Vec<RunRecord>) -> Strin
         (header(report))
         div.summary {
             span.pill { (count(report.jobs.len(), "job", "jobs")) }
-            span.pill.(if running > 0 { "warn" } else { "muted" }) { (running) " running" }
+            span.pill.(if running > 0 { "warn" } else { "idle" }) { (running) " running" }
             span.pill { (count(report.in_flight.len(), "transfer", "transfers")) " in flight" }
             span.pill.(if failing > 0 { "bad" } else { "ok" }) id="failing-count" {
                 (count(failing, "failing image", "failing images"))

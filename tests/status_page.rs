@@ -196,6 +196,20 @@ async fn a_real_browser_shows_the_job_a_running_copy_and_a_failing_hostile_name_
             .expect("the phone screenshot")
             .starts_with(b"\x89PNG")
     );
+    // And on a wall screen.
+    let wall = artifacts.join("status-page-wall.png");
+    chromium(
+        &[
+            &format!("--screenshot={}", wall.display()),
+            "--window-size=1920,1080",
+        ],
+        &format!("{base}/"),
+    );
+    assert!(
+        std::fs::read(&wall)
+            .expect("the wall screenshot")
+            .starts_with(b"\x89PNG")
+    );
 
     // `status --format json` has the same shape; only the daemon knows what is in flight.
     let cli = glance_sync(&cfg, &["status", "--format", "json"]).await;

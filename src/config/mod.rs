@@ -409,15 +409,37 @@ impl Filter {
 
 /// A Pushgateway's base URL, from the config or `--pushgateway`.
 pub fn pushgateway_url(text: &str, what: &str) -> Result<url::Url, String> {
+    // What an error quotes: never a password given in the URL (user:password@host).
+    let shown = match (text.find("://"), text.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://…@{}", &text[..scheme_end], &text[at + 1..])
+        }
+        _ => text.to_string(),
+    };
     match url::Url::parse(text) {
         Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(u),
         Ok(u) => Err(format!(
-            "{what} is {text:?}: the scheme must be http or https, not {}",
+            "{what} is {shown:?}: the scheme must be http or https, not {}",
             u.scheme()
         )),
         Err(e) => Err(format!(
-            "{what} is {text:?}, not a URL ({e}); write it as \"http://pushgateway.example:9091\""
+            "{what} is {shown:?}, not a URL ({e}); write it as \"http://pushgateway.example:9091\""
         )),
+    }
+}
+
+#[cfg(test)]
+mod pushgateway_url_tests {
+    use super::pushgateway_url;
+
+    #[test]
+    fn a_pushgateway_url_keeps_its_credentials_but_errors_never_show_them() {
+        let u = pushgateway_url("https://user:s3cret@pg:9091", "x").unwrap();
+        assert_eq!(u.password(), Some("s3cret"));
+        let e = pushgateway_url("ftp://user:s3cret@pg:9091", "x").unwrap_err();
+        assert!(!e.contains("s3cret") && e.contains("ftp"), "{e}");
+        let e = pushgateway_url("http://user:s3cret@[pg", "x").unwrap_err();
+        assert!(!e.contains("s3cret"), "{e}");
     }
 }
 
