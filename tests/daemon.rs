@@ -9,6 +9,7 @@ use support::daemon_proc::{DaemonProc, free_port, metric_value};
 use support::fake_glance::{FakeGlance, Faults, ImageData, ImageSpec};
 use support::glance_api::{Api, image_body, random_bytes};
 use support::harness::RealGlance;
+use support::prometheus::Prometheus;
 use support::sync_cli::write_config;
 
 fn daemon_extra(job_lines: &str, port: u16, more: &str) -> String {
@@ -536,38 +537,11 @@ async fn a_real_prometheus_scrapes_the_daemon_and_loads_the_alert_rules() {
     let mut d = DaemonProc::start(&cfg, port).await;
 
     // The shipped scrape config and rules, pointed at this daemon and scraping every second.
-    let root = env!("CARGO_MANIFEST_DIR");
-    let scrape = std::fs::read_to_string(format!("{root}/deploy/prometheus/prometheus.yml"))
-        .unwrap()
-        .replace("127.0.0.1:9420", &format!("127.0.0.1:{port}"))
-        .replace(
-            "scrape_interval: 30s",
-            "scrape_interval: 1s\n  evaluation_interval: 1s",
-        );
-    std::fs::write(dir.path().join("prometheus.yml"), scrape).unwrap();
-    std::fs::copy(
-        format!("{root}/deploy/prometheus/alerts.yml"),
-        dir.path().join("alerts.yml"),
-    )
-    .unwrap();
-    let prom_port = free_port();
-    let _prometheus = KillOnDrop(
-        std::process::Command::new("prometheus")
-            .arg(format!(
-                "--config.file={}",
-                dir.path().join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("prometheus (Debian package prometheus; tests/run.sh installs it)"),
+    let prometheus = Prometheus::start_with_shipped_config(
+        dir.path(),
+        &[("127.0.0.1:9420", &format!("127.0.0.1:{port}"))],
     );
-    let api = format!("http://127.0.0.1:{prom_port}/api/v1");
+    let api = prometheus.api.clone();
     let query = |q: &'static str| {
         let api = api.clone();
         async move {
@@ -612,7 +586,11 @@ async fn a_real_prometheus_scrapes_the_daemon_and_loads_the_alert_rules() {
 
     // Every query of the shipped Grafana dashboard is valid PromQL against the live series.
     let dashboard: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(format!("{root}/deploy/grafana/glance-sync.json")).unwrap(),
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/deploy/grafana/glance-sync.json"
+        ))
+        .unwrap(),
     )
     .unwrap();
     let client = reqwest::Client::new();
@@ -633,15 +611,6 @@ async fn a_real_prometheus_scrapes_the_daemon_and_loads_the_alert_rules() {
     }
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait_exit(Duration::from_secs(30)).await.0, 0);
-}
-
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// `max_bandwidth` paces a copy, the gauge shows the limit in force, and SIGHUP lifts it for the

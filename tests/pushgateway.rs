@@ -10,18 +10,9 @@ use serde_json::json;
 use support::daemon_proc::{free_port, metric_value};
 use support::fake_glance::{FakeGlance, ImageData, ImageSpec};
 use support::glance_api::{Api, image_body, random_bytes};
-use support::harness::{RealGlance, repo_root};
+use support::harness::RealGlance;
+use support::prometheus::{KillOnDrop, Prometheus};
 use support::sync_cli::{clouds_toml, glance_sync};
-
-/// A child process killed (and reaped) when the test ends, however it ends.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A Pushgateway on a free loopback port, keeping nothing on disk.
 async fn start_pushgateway() -> (KillOnDrop, String) {
@@ -163,36 +154,13 @@ async fn a_one_shot_run_pushes_every_sync_job_and_prometheus_reads_them_with_the
 
     // The shipped scrape config, pointed at this Pushgateway, keeps the grouping key as the
     // series' job and instance.
-    let root = repo_root();
-    let scrape = std::fs::read_to_string(root.join("deploy/prometheus/prometheus.yml"))
-        .unwrap()
-        .replace("127.0.0.1:9091", pg_url.trim_start_matches("http://"))
-        .replace("scrape_interval: 30s", "scrape_interval: 1s");
-    std::fs::write(dir.path().join("prometheus.yml"), scrape).unwrap();
-    std::fs::copy(
-        root.join("deploy/prometheus/alerts.yml"),
-        dir.path().join("alerts.yml"),
-    )
-    .unwrap();
-    let prom_port = free_port();
-    let _prometheus = KillOnDrop(
-        std::process::Command::new("prometheus")
-            .arg(format!(
-                "--config.file={}",
-                dir.path().join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("prometheus (Debian package prometheus; tests/run.sh installs it)"),
+    let prometheus = Prometheus::start_with_shipped_config(
+        dir.path(),
+        &[("127.0.0.1:9091", pg_url.trim_start_matches("http://"))],
     );
     let query = format!(
-        "http://127.0.0.1:{prom_port}/api/v1/query?query=glance_sync_runs_total{{result=\"success\"}}"
+        "{}/query?query=glance_sync_runs_total{{result=\"success\"}}",
+        prometheus.api
     );
     let mut series = Vec::new();
     for _ in 0..600 {

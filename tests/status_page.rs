@@ -167,49 +167,29 @@ async fn a_real_browser_shows_the_job_a_running_copy_and_a_failing_hostile_name_
     assert!(history.contains(">running<"), "{history}");
     let artifacts = repo_root().join("target/test-artifacts");
     std::fs::create_dir_all(&artifacts).unwrap();
-    let shot = artifacts.join("status-page.png");
-    let _ = std::fs::remove_file(&shot);
-    chromium(
-        &[
-            &format!("--screenshot={}", shot.display()),
-            "--window-size=1280,1100",
-        ],
-        &format!("{base}/"),
-    );
-    let png = std::fs::read(&shot).expect("the screenshot");
-    assert!(
-        png.starts_with(b"\x89PNG") && png.len() > 10_000,
-        "{} bytes",
-        png.len()
-    );
-    // And as a phone shows it (Chromium's headless screenshots apply the viewport meta).
-    let phone = artifacts.join("status-page-phone.png");
-    chromium(
-        &[
-            &format!("--screenshot={}", phone.display()),
-            "--window-size=412,1400",
-        ],
-        &format!("{base}/"),
-    );
-    assert!(
-        std::fs::read(&phone)
-            .expect("the phone screenshot")
-            .starts_with(b"\x89PNG")
-    );
-    // And on a wall screen.
-    let wall = artifacts.join("status-page-wall.png");
-    chromium(
-        &[
-            &format!("--screenshot={}", wall.display()),
-            "--window-size=1920,1080",
-        ],
-        &format!("{base}/"),
-    );
-    assert!(
-        std::fs::read(&wall)
-            .expect("the wall screenshot")
-            .starts_with(b"\x89PNG")
-    );
+    // As a desktop, a phone (Chromium's headless screenshots apply the viewport meta) and a
+    // wall screen show it.
+    for (file, size) in [
+        ("status-page.png", "1280,1100"),
+        ("status-page-phone.png", "412,1400"),
+        ("status-page-wall.png", "1920,1080"),
+    ] {
+        let shot = artifacts.join(file);
+        let _ = std::fs::remove_file(&shot);
+        chromium(
+            &[
+                &format!("--screenshot={}", shot.display()),
+                &format!("--window-size={size}"),
+            ],
+            &format!("{base}/"),
+        );
+        let png = std::fs::read(&shot).expect("the screenshot");
+        assert!(
+            png.starts_with(b"\x89PNG") && png.len() > 10_000,
+            "{file}: {} bytes",
+            png.len()
+        );
+    }
 
     // `status --format json` has the same shape; only the daemon knows what is in flight.
     let cli = glance_sync(&cfg, &["status", "--format", "json"]).await;

@@ -6,6 +6,7 @@ pub mod fake_glance;
 pub mod glance_api;
 pub mod harness;
 pub mod keystone;
+pub mod prometheus;
 pub mod real_pair;
 pub mod scenario;
 pub mod sync_cli;
